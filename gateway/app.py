@@ -1,0 +1,197 @@
+"""The Starlette application: OpenAI endpoints, health and metrics.
+
+One ``lifespan`` starts the supervisor (which starts the workers) and stops
+everything on shutdown. The gateway never imports vLLM or torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway import errors
+from gateway.metrics import Metrics
+from gateway.relay import Relay
+from gateway.router import Router, UnknownModel
+from shared import protocol as p
+from shared.config import LoadedConfig, fallback_chain
+from workers.lifecycle import State
+from workers.supervisor import Supervisor
+
+log = logging.getLogger("zoe.gateway")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+class Gateway:
+    def __init__(self, cfg: LoadedConfig, supervisor: Supervisor | None = None) -> None:
+        self.cfg = cfg
+        self.sup = supervisor or Supervisor(cfg)
+        self.router = Router(cfg)
+        self.metrics = Metrics()
+        self.started = time.time()
+
+    # ----- helpers for the request path --------------------------------------
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        limit = self.cfg.server.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BadRequest(413, f"request body exceeds {limit} bytes "
+                                  "(server.max_body_bytes)")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(413, f"request body exceeds {limit} bytes "
+                                      "(server.max_body_bytes)")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            raise BadRequest(400, "request body is empty; send a JSON object")
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(400, f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise BadRequest(400, "request body must be a JSON object")
+        return body
+
+    async def ensure_ready(self, model: str) -> bool:
+        w = self.sup.workers[model]
+        if w.state is State.READY:
+            return True
+        if w.state is State.FAILED:
+            return False
+        if w.model.on_demand and w.state is State.STOPPED:
+            self.sup.spawn_task(self.sup.start_worker(model, "requested on demand"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(w.ready.wait(), self.cfg.config.supervisor.request_wait_s)
+            return True
+        return False
+
+    def on_oom(self, model: str) -> None:
+        log.error("worker %s ran out of memory: unloading and reloading it", model)
+        self.sup.spawn_task(self.sup.restart_worker(model, "out of memory", 2.0))
+
+    async def openai_call(self, request: Request, endpoint: p.Endpoint) -> Any:
+        try:
+            body = await self.read_json(request)
+            if endpoint is p.Endpoint.CHAT:
+                messages = body.get("messages")
+                if not isinstance(messages, list) or not messages:
+                    raise BadRequest(400, "`messages` must be a non-empty list of messages",
+                                     param="messages")
+            elif "prompt" not in body:
+                raise BadRequest(400, "`prompt` is required", param="prompt")
+            model = body.get("model")
+            if model is not None and not isinstance(model, str):
+                raise BadRequest(400, "`model` must be a string", param="model")
+            stream = body.get("stream", False)
+            if not isinstance(stream, bool):
+                raise BadRequest(400, "`stream` must be true or false", param="stream")
+            decision = self.router.route(body)
+        except BadRequest as exc:
+            return errors.openai_error(exc.status, exc.message, param=exc.param, code=exc.code)
+        except UnknownModel as exc:
+            return errors.openai_error(
+                404, f"The model {exc.name!r} does not exist. Known models and aliases: "
+                     f"{', '.join(exc.known)}", param="model", code="model_not_found")
+        self.metrics.routed(decision.model, decision.reason)
+        chain = [decision.model, *fallback_chain(self.cfg.config, decision.model)]
+        return Relay(dispatcher=self.sup.dispatcher, metrics=self.metrics,
+                     ensure_ready=self.ensure_ready, on_oom=self.on_oom, endpoint=endpoint,
+                     body=body, stream=stream, models=chain, reason=decision.reason)
+
+    # ----- endpoints ---------------------------------------------------------
+    async def chat_completions(self, request: Request) -> Any:
+        return await self.openai_call(request, p.Endpoint.CHAT)
+
+    async def completions(self, request: Request) -> Any:
+        return await self.openai_call(request, p.Endpoint.COMPLETION)
+
+    async def list_models(self, request: Request) -> Response:
+        data = []
+        for m in self.cfg.models:
+            w = self.sup.workers[m.name]
+            data.append({"id": m.name, "object": "model", "created": int(self.started),
+                         "owned_by": "zoe-vllm", "max_model_len": m.max_model_len,
+                         "zoe": {"role": m.role.value, "aliases": m.aliases,
+                                 "state": w.state.value, "on_demand": m.on_demand,
+                                 "description": m.description}})
+        return JSONResponse({"object": "list", "data": data})
+
+    def worker_status(self) -> dict[str, Any]:
+        out = {}
+        for name, w in self.sup.workers.items():
+            i = w.info
+            out[name] = {"state": i.state.value, "role": w.model.role.value, "pid": i.pid,
+                         "stage": i.stage, "detail": i.detail, "restarts": i.restarts,
+                         "failures": i.probe_failures, "last_error": i.last_error or None,
+                         "on_demand": w.model.on_demand}
+        return out
+
+    async def health(self, request: Request) -> Response:
+        default = self.cfg.default_model.name
+        ok = self.sup.is_ready(default)
+        body = {"status": "ok" if ok else "loading", "default_model": default,
+                "uptime_s": round(time.time() - self.started, 1),
+                "workers": self.worker_status()}
+        if any(w.state is State.FAILED for w in self.sup.workers.values()):
+            body["status"] = "degraded" if ok else "failed"
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def metrics_json(self, request: Request) -> Response:
+        return JSONResponse({"uptime_s": round(time.time() - self.started, 1),
+                             "models": self.worker_status()})
+
+    async def metrics_prometheus(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def build_app(cfg: LoadedConfig, gateway: Gateway | None = None) -> Starlette:
+    gw = gateway or Gateway(cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gw.sup.start()
+        try:
+            yield
+        finally:
+            await gw.sup.close()
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return errors.openai_error(404, f"no route for {request.method} {request.url.path}")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return errors.openai_error(405, f"method {request.method} is not allowed on "
+                                        f"{request.url.path}")
+
+    routes = [
+        Route("/v1/chat/completions", gw.chat_completions, methods=["POST"]),
+        Route("/v1/completions", gw.completions, methods=["POST"]),
+        Route("/v1/models", gw.list_models, methods=["GET"]),
+        Route("/health", gw.health, methods=["GET"]),
+        Route("/metrics", gw.metrics_json, methods=["GET"]),
+        Route("/metrics/prometheus", gw.metrics_prometheus, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: method_not_allowed})
+    app.state.gateway = gw
+    return app

@@ -1,0 +1,31 @@
+"""Error bodies in the API's own shape (OpenAI now; Ollama's is ``{"error": msg}``)."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.responses import Response
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+          415: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+
+
+def openai_error_body(status: int, message: str, *, type: str | None = None,
+                      param: str | None = None, code: str | None = None) -> bytes:
+    return msgspec.json.encode({"error": {
+        "message": message, "type": type or _TYPES.get(status, "server_error"),
+        "param": param, "code": code}})
+
+
+def openai_error(status: int, message: str, *, type: str | None = None,
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> Response:
+    return Response(openai_error_body(status, message, type=type, param=param, code=code),
+                    status_code=status, media_type="application/json", headers=headers)
+
+
+def sse_error_event(message: str, *, type: str = "server_error", code: str | None = None,
+                    status: int = 503) -> bytes:
+    """An error mid-stream: an SSE ``data:`` event in OpenAI's error shape."""
+    body = openai_error_body(status, message, type=type, code=code)
+    return b"data: " + body + b"\n\n"

@@ -1,0 +1,161 @@
+"""Relay one routed request to a worker and its answer back to the client.
+
+The response status is chosen only when the worker's first message arrives,
+so an error before any output is a plain 4xx/5xx JSON answer, and an
+out-of-memory or dead worker can still hand the request down the fallback
+chain. The body races the client's ``http.disconnect``: whichever ends first
+cancels the other, and a disconnect becomes an ABORT inside the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from gateway import errors
+from gateway.metrics import Metrics
+from shared import protocol as p
+from shared.dispatch import Call, Dispatcher, WorkerUnavailable
+
+log = logging.getLogger("zoe.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+# (model, wait bound) -> True once the model is READY; may start an on-demand model.
+EnsureReady = Callable[[str], Awaitable[bool]]
+OnOom = Callable[[str], None]
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
+               (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+FALLBACK_KINDS = frozenset({p.ErrorKind.OOM, p.ErrorKind.ENGINE_DEAD})
+
+
+@dataclass
+class Relay:
+    """An ASGI app answering one request; ``models`` is the route then its fallbacks."""
+
+    dispatcher: Dispatcher
+    metrics: Metrics
+    ensure_ready: EnsureReady
+    on_oom: OnOom
+    endpoint: p.Endpoint
+    body: dict[str, Any]
+    stream: bool
+    models: list[str]
+    reason: str
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        serve = asyncio.create_task(self.serve(send))
+        watch = asyncio.create_task(_wait_disconnect(receive))
+        done, _ = await asyncio.wait({serve, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if serve in done:
+            watch.cancel()
+            serve.result()
+            return
+        # The client went away first: cancelling `serve` releases its call,
+        # which sends ABORT to the worker.
+        serve.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve
+        self.metrics.request_done(self.models[0], "disconnected")
+
+    async def serve(self, send: Send) -> None:
+        last_error: p.Error | None = None
+        for i, model in enumerate(self.models):
+            if i > 0:
+                self.metrics.fallback(self.models[i - 1], model)
+                log.warning("falling back from %s to %s", self.models[i - 1], model)
+            if not await self.ensure_ready(model):
+                last_error = p.Error(
+                    request_id="", kind=p.ErrorKind.ENGINE_DEAD, status=503,
+                    message=f"model {model!r} is not available (loading or restarting); "
+                            "try again shortly", code="model_unavailable")
+                continue
+            route = self.reason if i == 0 else f"fallback:{self.models[0]}"
+            self.body["model"] = model
+            try:
+                call = await self.dispatcher.submit(model, self.endpoint,
+                                                    msgspec.json.encode(self.body), self.stream)
+            except WorkerUnavailable:
+                last_error = p.Error(request_id="", kind=p.ErrorKind.ENGINE_DEAD, status=503,
+                                     message=f"model {model!r} is not connected",
+                                     code="model_unavailable")
+                continue
+            try:
+                first = await call.next()
+                if isinstance(first, p.Error) and first.kind in FALLBACK_KINDS:
+                    if first.kind is p.ErrorKind.OOM:
+                        self.on_oom(model)
+                    last_error = first
+                    continue
+                await self.answer(send, call, first, model, route)
+                return
+            finally:
+                self.dispatcher.release(call)
+        assert last_error is not None
+        self.metrics.request_done(self.models[0], "unavailable")
+        await self.send_error(send, last_error, self.models[-1], self.reason)
+
+    def headers(self, model: str, route: str) -> list[tuple[bytes, bytes]]:
+        return [(b"x-zoe-model", model.encode()), (b"x-zoe-route", route.encode()),
+                *self.extra_headers]
+
+    async def answer(self, send: Send, call: Call, first: p.Message, model: str,
+                     route: str) -> None:
+        if isinstance(first, p.Error):
+            self.metrics.request_done(model, "client_error" if first.status < 500 else "error")
+            await self.send_error(send, first, model, route)
+            return
+        if isinstance(first, p.Response):
+            await send({"type": "http.response.start", "status": first.status,
+                        "headers": JSON_HEADERS + self.headers(model, route)})
+            await send({"type": "http.response.body", "body": first.body})
+            self.metrics.request_done(model, "ok", time.perf_counter() - self.started)
+            return
+        assert isinstance(first, p.Chunk)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": SSE_HEADERS + self.headers(model, route)})
+        self.metrics.first_token(model, time.perf_counter() - self.started)
+        msg: p.Message = first
+        while isinstance(msg, p.Chunk):
+            await send({"type": "http.response.body", "body": msg.data.encode(),
+                        "more_body": True})
+            msg = await call.next()
+        if isinstance(msg, p.Error):
+            # Headers are gone: end the stream with an error event, then [DONE].
+            self.metrics.request_done(model, "error")
+            tail = errors.sse_error_event(msg.message, code=msg.code or msg.kind.value,
+                                          status=msg.status) + b"data: [DONE]\n\n"
+            await send({"type": "http.response.body", "body": tail})
+            return
+        self.metrics.request_done(model, "ok", time.perf_counter() - self.started)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send_error(self, send: Send, err: p.Error, model: str, route: str) -> None:
+        body = errors.openai_error_body(err.status, err.message, type=err.type
+                                        if err.status >= 500 or err.type != "server_error"
+                                        else None, param=err.param, code=err.code)
+        headers = JSON_HEADERS + self.headers(model, route)
+        if err.status == 503:
+            headers.append((b"retry-after", b"5"))
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,300 @@
+"""Deployment configuration: one YAML file per profile, validated at load.
+
+Every field is typed; unknown keys are refused (a typo must not silently fall
+back to a default). Errors name the file and the field path, e.g.
+``cpu.yaml: Expected `int`, got `str` - at `$.models[0].max_num_seqs```.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import yaml
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+DEFAULT_PROFILE = "cpu"
+
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+ModelName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where and why."""
+
+
+class Role(enum.Enum):
+    FAST = "fast"
+    TOOLS = "tools"
+    VISION = "vision"
+
+
+class Provision(enum.Enum):
+    """How missing weights are produced on this machine (no hub downloads)."""
+
+    NONE = "none"
+    SMOLLM2_GGUF = "smollm2-gguf"
+    TINY_IDEFICS3 = "tiny-idefics3"
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class ServerConfig(_Base, frozen=True):
+    host: str = "127.0.0.1"
+    port: Port = 11434
+    default_model: str = ""
+    max_body_bytes: Positive = 16 * 1024 * 1024
+
+
+class PathsConfig(_Base, frozen=True):
+    models: str = "${ZOE_VLLM_HOME:-~/.cache/zoe-vllm}/models"
+    logs: str = "logs"
+    run: str = "run"
+
+
+class SupervisorConfig(_Base, frozen=True):
+    sequential_start: bool = True
+    start_timeout_s: PositiveFloat = 900.0
+    warmup_requests: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    stop_timeout_s: PositiveFloat = 10.0
+    health_interval_s: PositiveFloat = 60.0
+    probe_timeout_s: PositiveFloat = 30.0
+    # How long a request waits for its model to become READY (loading,
+    # restarting, swapping in) before it goes down the fallback chain.
+    request_wait_s: PositiveFloat = 30.0
+
+
+class RoutingConfig(_Base, frozen=True):
+    vision_keywords: list[str] = msgspec.field(
+        default_factory=lambda: ["image", "photo", "picture", "see", "look", "analyze image"]
+    )
+    tools_keywords: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "turn", "set", "control", "add to list", "create event", "schedule",
+        ]
+    )
+    reasoning_keywords: list[str] = msgspec.field(
+        default_factory=lambda: ["analyze", "plan", "workflow", "strategy", "compare"]
+    )
+    reasoning_role: Role = Role.TOOLS
+
+
+class ModelConfig(_Base, frozen=True):
+    name: ModelName
+    role: Role
+    path: str
+    aliases: list[ModelName] = []
+    description: str = ""
+    provision: Provision = Provision.NONE
+    max_model_len: Positive = 2048
+    max_num_seqs: Positive = 8
+    max_num_batched_tokens: Positive = 4096
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False
+    dtype: str = "auto"
+    quantization: str | None = None
+    # KV-cache budget. On CPU it becomes VLLM_CPU_KVCACHE_SPACE; on a GPU the
+    # engine's kv_cache_memory_bytes (an explicit budget, not a fraction of
+    # "free" memory, which is meaningless on unified memory).
+    kv_cache_gib: PositiveFloat = 1.0
+    gpu_memory_utilization: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+    cpu_cores: str | None = None  # VLLM_CPU_OMP_THREADS_BIND, e.g. "0" or "0-3"
+    tool_call_parser: str | None = None
+    chat_template: str | None = None
+    on_demand: bool = False
+    fallback: str | None = None
+    limit_images_per_prompt: Annotated[int, msgspec.Meta(ge=0)] = 1
+    env: dict[str, str] = {}
+
+
+class Config(_Base, frozen=True):
+    models: list[ModelConfig]
+    server: ServerConfig = ServerConfig()
+    paths: PathsConfig = PathsConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    routing: RoutingConfig = RoutingConfig()
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config plus where it came from (for resolving relative paths)."""
+
+    config: Config
+    source: Path
+
+    @property
+    def server(self) -> ServerConfig:
+        return self.config.server
+
+    @property
+    def models(self) -> list[ModelConfig]:
+        return self.config.models
+
+    @property
+    def default_model(self) -> ModelConfig:
+        return self.model(self.config.server.default_model)
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.config.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def by_role(self, role: Role) -> ModelConfig | None:
+        return next((m for m in self.config.models if m.role is role), None)
+
+    def expand(self, value: str) -> Path:
+        """Expand ``${VAR:-default}`` and ``~``; relative paths are from the current dir."""
+        path = Path(os.path.expanduser(_expand_vars(value)))
+        return path if path.is_absolute() else (Path.cwd() / path)
+
+    def model_path(self, model: ModelConfig) -> Path:
+        return Path(os.path.expanduser(_expand_vars(model.path.replace(
+            "{models}", str(self.expand(self.config.paths.models))))))
+
+    def chat_template_path(self, model: ModelConfig) -> Path | None:
+        if model.chat_template is None:
+            return None
+        path = Path(os.path.expanduser(_expand_vars(model.chat_template)))
+        return path if path.is_absolute() else (self.source.parent / path).resolve()
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.expand(self.config.paths.logs)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.expand(self.config.paths.run)
+
+
+def _expand_vars(value: str) -> str:
+    """``os.path.expandvars`` plus shell-style ``${VAR:-default}``."""
+    out, i = [], 0
+    while i < len(value):
+        start = value.find("${", i)
+        if start < 0:
+            out.append(value[i:])
+            break
+        end = value.find("}", start)
+        if end < 0:
+            out.append(value[i:])
+            break
+        out.append(value[i:start])
+        name, _, default = value[start + 2 : end].partition(":-")
+        out.append(os.environ.get(name) or default)
+        i = end + 1
+    return os.path.expandvars("".join(out))
+
+
+def resolve_source(profile: str | None = None, path: str | Path | None = None) -> Path:
+    """The config file to load: an explicit path, else a named profile.
+
+    Precedence: ``path`` argument, ``ZOE_VLLM_CONFIG``, ``profile`` argument,
+    ``ZOE_VLLM_PROFILE``, then the ``cpu`` profile.
+    """
+    explicit = path or os.environ.get("ZOE_VLLM_CONFIG")
+    if explicit:
+        return Path(explicit)
+    name = profile or os.environ.get("ZOE_VLLM_PROFILE") or DEFAULT_PROFILE
+    candidate = PROFILES_DIR / f"{name}.yaml"
+    if not candidate.exists():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown profile {name!r} (known profiles: {known})")
+    return candidate
+
+
+def load(profile: str | None = None, path: str | Path | None = None) -> LoadedConfig:
+    source = resolve_source(profile, path)
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {source}: {exc.strerror}") from exc
+    return parse(text, source)
+
+
+def parse(text: str, source: Path) -> LoadedConfig:
+    try:
+        raw: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source.name}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source.name}: the top level must be a mapping")
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source.name}: {exc}") from exc
+    _check(config, source.name)
+    return LoadedConfig(config=config, source=source.resolve())
+
+
+def _check(config: Config, where: str) -> None:
+    """Cross-field rules that a schema cannot express."""
+
+    def fail(msg: str) -> None:
+        raise ConfigError(f"{where}: {msg}")
+
+    if not config.models:
+        fail("`models` must list at least one model")
+    names: dict[str, str] = {}
+    for i, m in enumerate(config.models):
+        for n in (m.name, *m.aliases):
+            key = n.lower()
+            if key in names:
+                fail(f"model name or alias {n!r} at `$.models[{i}]` is already used by "
+                     f"{names[key]!r}")
+            names[key] = m.name
+    model_names = {m.name for m in config.models}
+    default = config.server.default_model
+    if not default:
+        fail("`server.default_model` is required")
+    if default not in model_names:
+        fail(f"`server.default_model` {default!r} is not one of the models "
+             f"({', '.join(sorted(model_names))})")
+    if next(m for m in config.models if m.name == default).on_demand:
+        fail(f"the default model {default!r} cannot be `on_demand`")
+    for i, m in enumerate(config.models):
+        if m.fallback is not None:
+            if m.fallback not in model_names:
+                fail(f"`$.models[{i}].fallback` {m.fallback!r} is not a configured model")
+            if m.fallback == m.name:
+                fail(f"`$.models[{i}].fallback` points at the model itself")
+        if m.max_num_batched_tokens < m.max_model_len and not m.enable_chunked_prefill:
+            fail(f"`$.models[{i}]`: max_num_batched_tokens ({m.max_num_batched_tokens}) "
+                 f"< max_model_len ({m.max_model_len}) needs enable_chunked_prefill: true")
+    _check_fallback_cycles(config, fail)
+    roles = [m.role for m in config.models]
+    for role in Role:
+        if roles.count(role) > 1:
+            fail(f"more than one model has role {role.value!r}")
+
+
+def _check_fallback_cycles(config: Config, fail: Any) -> None:
+    nxt = {m.name: m.fallback for m in config.models}
+    for start in nxt:
+        seen = {start}
+        cur = nxt[start]
+        while cur is not None:
+            if cur in seen:
+                fail(f"fallback chain starting at {start!r} loops back to {cur!r}")
+            seen.add(cur)
+            cur = nxt[cur]
+
+
+def fallback_chain(config: Config, name: str) -> list[str]:
+    """The models after ``name`` in its fallback chain, in order."""
+    nxt = {m.name: m.fallback for m in config.models}
+    chain: list[str] = []
+    cur = nxt.get(name)
+    while cur is not None:
+        chain.append(cur)
+        cur = nxt.get(cur)
+    return chain

@@ -1,0 +1,78 @@
+"""Translate a model's config into vLLM's own command-line arguments.
+
+The worker parses these with vLLM's ``make_arg_parser`` (so every engine and
+serving option means exactly what it means to ``vllm serve``), and the
+benchmark starts vLLM's own server with the same list, so the two are compared
+on identical settings. No vLLM import here: the gateway uses this module too.
+"""
+
+from __future__ import annotations
+
+import os
+
+from shared.config import LoadedConfig, ModelConfig, Role
+
+GIB = 1024**3
+
+
+def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> list[str]:
+    """vLLM server arguments for ``model``; ``accelerator`` is False on a CPU."""
+    argv = [
+        "--model", str(cfg.model_path(model)),
+        "--served-model-name", model.name,
+        "--max-model-len", str(model.max_model_len),
+        "--max-num-seqs", str(model.max_num_seqs),
+        "--max-num-batched-tokens", str(model.max_num_batched_tokens),
+        "--dtype", model.dtype,
+        "--enable-chunked-prefill" if model.enable_chunked_prefill
+        else "--no-enable-chunked-prefill",
+        "--enable-prefix-caching" if model.enable_prefix_caching
+        else "--no-enable-prefix-caching",
+        "--disable-uvicorn-access-log",
+    ]
+    if model.enforce_eager:
+        argv.append("--enforce-eager")
+    if model.quantization:
+        argv += ["--quantization", model.quantization]
+    if accelerator:
+        if model.gpu_memory_utilization is not None:
+            argv += ["--gpu-memory-utilization", str(model.gpu_memory_utilization)]
+        else:
+            argv += ["--kv-cache-memory-bytes", str(int(model.kv_cache_gib * GIB))]
+    if model.tool_call_parser:
+        # Strict schemas make `required`/named tool_choice produce valid calls
+        # even from a small model (measured with SmolLM2, see DESIGN.md).
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", model.tool_call_parser,
+                 "--tool-strict-level", "parameter"]
+    template = cfg.chat_template_path(model)
+    if template is not None:
+        argv += ["--chat-template", str(template)]
+    if model.role is Role.VISION:
+        argv += ["--limit-mm-per-prompt", f'{{"image": {model.limit_images_per_prompt}}}']
+    return argv
+
+
+def engine_env(model: ModelConfig, *, accelerator: bool) -> dict[str, str]:
+    """Environment for a worker (or a reference ``vllm serve``) of ``model``."""
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if not accelerator:
+        env["VLLM_CPU_KVCACHE_SPACE"] = _gib_str(model.kv_cache_gib)
+        if model.cpu_cores is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = model.cpu_cores
+    env.update(model.env)
+    return env
+
+
+def _gib_str(gib: float) -> str:
+    # VLLM_CPU_KVCACHE_SPACE is parsed as an integer number of GiB.
+    return str(max(1, round(gib)))
+
+
+def has_accelerator() -> bool:
+    """True where vLLM should use a GPU: an NVIDIA device node exists."""
+    override = os.environ.get("ZOE_VLLM_DEVICE")
+    if override:
+        return override.lower() != "cpu"
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvhost-gpu") or \
+        os.path.exists("/etc/nv_tegra_release")

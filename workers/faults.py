@@ -1,0 +1,87 @@
+"""Fault injection for tests and drills; off unless ``ZOE_VLLM_FAULTS`` is set.
+
+``ZOE_VLLM_FAULTS`` names a JSON file, read again at every request and probe
+so a test can arm and disarm faults on a running worker::
+
+    {"smollm2-135m-tools": {"oom_on_request": 2, "crash_mid_stream": 1,
+                            "probe": "fail"}}
+
+- ``oom_on_request: N``: the worker's Nth request (counting from its start)
+  raises ``MemoryError`` before any output, as an out-of-memory engine would.
+- ``crash_mid_stream: N``: the Nth request's process exits hard right after
+  its first streamed chunk (what a segfault or OOM-kill looks like).
+- ``probe: "fail" | "hang"``: health probes fail at once, or never answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared import protocol as p
+
+log = logging.getLogger("zoe.faults")
+ENV = "ZOE_VLLM_FAULTS"
+
+
+@dataclass
+class Faults:
+    model: str
+    path: Path | None
+    requests_seen: int = 0
+    _armed: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, model: str) -> Faults:
+        raw = os.environ.get(ENV)
+        if raw:
+            log.warning("fault injection is ON for %s (from %s)", model, raw)
+        return cls(model=model, path=Path(raw) if raw else None)
+
+    def current(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        entry = data.get(self.model, {}) if isinstance(data, dict) else {}
+        return entry if isinstance(entry, dict) else {}
+
+    def on_request(self, req: p.Request) -> None:
+        self.requests_seen += 1
+
+    async def wrap(self, handler: Any, req: p.Request) -> None:
+        faults = self.current()
+        n = self.requests_seen
+        if faults.get("oom_on_request") == n:
+            await handler.run(req, before_engine=self._oom)
+            return
+        if faults.get("crash_mid_stream") == n:
+            await handler.run(req, on_chunk=self._crash)
+            return
+        await handler.run(req)
+
+    @staticmethod
+    def _oom() -> None:
+        log.error("injected fault: out of memory")
+        raise MemoryError("out of memory (injected fault)")
+
+    @staticmethod
+    def _crash() -> None:
+        log.error("injected fault: crashing mid-stream")
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(137)
+
+    async def before_probe(self) -> None:
+        mode = self.current().get("probe")
+        if mode == "fail":
+            raise RuntimeError("health probe failure (injected fault)")
+        if mode == "hang":
+            await asyncio.Event().wait()

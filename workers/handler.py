@@ -1,0 +1,132 @@
+"""Run one OpenAI request through vLLM's serving layer and report it as messages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shared import protocol as p
+from workers.engine import Engine
+
+log = logging.getLogger("zoe.worker")
+
+Send = Callable[[p.Message], Awaitable[None]]
+
+
+def engine_request_ids(req: p.Request, body: Any) -> list[str]:
+    """The ids vLLM's serving layer gives this request inside the engine.
+
+    Chat uses ``chatcmpl-<id>``; completions use ``cmpl-<id>-<prompt index>``.
+    Closing the response generator frees a sequence only at garbage
+    collection, so aborts name these ids explicitly.
+    """
+    if req.endpoint is p.Endpoint.CHAT:
+        return [f"chatcmpl-{req.request_id}"]
+    prompt = getattr(body, "prompt", None)
+    count = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(
+        prompt[0], int) else 1
+    return [f"cmpl-{req.request_id}-{i}" for i in range(count)]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    text = str(exc).lower()
+    return name == "OutOfMemoryError" or "out of memory" in text or "cannot allocate" in text
+
+
+class Handler:
+    """Serves requests on one engine; owns nothing but the engine reference."""
+
+    def __init__(self, engine: Engine, send: Send) -> None:
+        self.engine = engine
+        self.send = send
+
+    def parse(self, req: p.Request) -> Any:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+        cls = ChatCompletionRequest if req.endpoint is p.Endpoint.CHAT else CompletionRequest
+        body = cls.model_validate_json(req.body)
+        # Our id becomes vLLM's, so an abort can name the engine request.
+        body.request_id = req.request_id
+        return body
+
+    async def run(self, req: p.Request, *, before_engine: Callable[[], None] | None = None,
+                  on_chunk: Callable[[], None] | None = None) -> None:
+        """Serve ``req``; every outcome ends in exactly one terminal message.
+
+        ``before_engine`` and ``on_chunk`` are fault-injection hooks (tests only).
+        """
+        import pydantic
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        rid = req.request_id
+        streamed = False
+        body: Any = None
+        try:
+            body = self.parse(req)
+            if before_engine is not None:
+                before_engine()
+            serving = self.engine.chat if req.endpoint is p.Endpoint.CHAT else \
+                self.engine.completion
+            if req.endpoint is p.Endpoint.CHAT:
+                result = await serving.create_chat_completion(body, None)
+            else:
+                result = await serving.create_completion(body, None)
+            if isinstance(result, ErrorResponse):
+                err = result.error
+                kind = p.ErrorKind.BAD_REQUEST if err.code < 500 else p.ErrorKind.INTERNAL
+                await self.send(p.Error(request_id=rid, kind=kind, status=err.code,
+                                        message=err.message, type=err.type, param=err.param))
+            elif hasattr(result, "__aiter__"):
+                try:
+                    async for chunk in result:
+                        streamed = True
+                        await self.send(p.Chunk(request_id=rid, data=chunk))
+                        if on_chunk is not None:
+                            on_chunk()
+                finally:
+                    await result.aclose()
+                await self.send(p.Response(request_id=rid, status=200, body=b""))
+            else:
+                await self.send(p.Response(request_id=rid, status=200,
+                                           body=result.model_dump_json().encode()))
+        except pydantic.ValidationError as exc:
+            await self.send(_bad_request(rid, exc))
+        except EngineDeadError as exc:
+            await self.send(p.Error(request_id=rid, kind=p.ErrorKind.ENGINE_DEAD, status=503,
+                                    message=f"model engine died: {exc}", streamed=streamed))
+            raise
+        except Exception as exc:
+            if _is_oom(exc):
+                log.error("request %s ran out of memory: %s", rid, exc)
+                await self.send(p.Error(request_id=rid, kind=p.ErrorKind.OOM, status=503,
+                                        message=f"out of memory: {exc}", type="server_error",
+                                        code="out_of_memory", streamed=streamed))
+            else:
+                log.exception("request %s failed", rid)
+                await self.send(p.Error(request_id=rid, kind=p.ErrorKind.INTERNAL, status=500,
+                                        message=f"internal error: {type(exc).__name__}",
+                                        streamed=streamed))
+        finally:
+            # Aborting a finished request is a no-op; an unfinished one (the
+            # task was cancelled, or the stream raised) must not stay queued.
+            if body is not None:
+                await self.engine.client.abort(engine_request_ids(req, body))
+
+
+def _bad_request(rid: str, exc: Any) -> p.Error:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    msg = first.get("msg", str(exc))
+    message = f"{loc}: {msg}" if loc else msg
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem(s))"
+    return p.Error(request_id=rid, kind=p.ErrorKind.BAD_REQUEST, status=400, message=message,
+                   type="invalid_request_error", param=loc or None)
+

@@ -1,0 +1,386 @@
+"""The supervisor: owns the worker processes and their lifecycle.
+
+It runs in the main process (never importing vLLM). Each worker's lifecycle
+operations (start, stop, restart) are serialized by that worker's lock, so a
+swap can never interleave with a restart. Every state change goes through
+:meth:`WorkerHandle.set_state`, which checks the transition table, logs the
+change in the main log and in the worker's own log, and records it as data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared import protocol as p
+from shared.config import LoadedConfig, ModelConfig
+from shared.dispatch import Dispatcher, WorkerUnavailable
+from shared.engine_args import engine_env, has_accelerator
+from workers import lifecycle
+from workers.backoff import RestartPolicy
+from workers.lifecycle import State
+
+log = logging.getLogger("zoe.supervisor")
+
+PROBE_STRIKES = 3
+RECOVERY_PAUSE_S = 2.0
+
+
+@dataclass
+class Event:
+    at: float  # wall-clock time
+    model: str
+    old: State
+    new: State
+    reason: str
+
+
+@dataclass
+class WorkerInfo:
+    """Health as data: what /health and /metrics read."""
+
+    name: str
+    state: State = State.STOPPED
+    pid: int | None = None
+    stage: str = ""
+    detail: str = ""
+    started_at: float | None = None
+    ready_at: float | None = None
+    load_seconds: float | None = None
+    warmup_seconds: float | None = None
+    max_model_len: int | None = None
+    restarts: int = 0
+    crashes: int = 0
+    probe_failures: int = 0  # consecutive
+    probe_failures_total: int = 0
+    probes_total: int = 0
+    last_probe_at: float | None = None
+    last_probe_ok: bool | None = None
+    last_probe_seconds: float | None = None
+    last_error: str = ""
+    stats: p.Stats | None = None
+    events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))
+    transitions: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class WorkerHandle:
+    def __init__(self, sup: Supervisor, model: ModelConfig) -> None:
+        self.sup = sup
+        self.model = model
+        self.info = WorkerInfo(name=model.name)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.policy = RestartPolicy()
+        self.lock = asyncio.Lock()  # one lifecycle operation at a time
+        self.ready = asyncio.Event()
+        self.exited = asyncio.Event()
+        self.exited.set()
+        self.expected_exit = False
+
+    @property
+    def state(self) -> State:
+        return self.info.state
+
+    def set_state(self, new: State, reason: str = "") -> None:
+        old = self.info.state
+        if old is new:
+            return
+        lifecycle.check(old, new)
+        self.info.state = new
+        ev = Event(at=time.time(), model=self.model.name, old=old, new=new, reason=reason)
+        self.info.events.append(ev)
+        key = (old.value, new.value)
+        self.info.transitions[key] = self.info.transitions.get(key, 0) + 1
+        if new is State.READY:
+            self.ready.set()
+        else:
+            self.ready.clear()
+        line = f"worker {self.model.name}: {old.value} -> {new.value}"
+        if reason:
+            line += f" ({reason})"
+        log.info("%s", line)
+        self.sup.write_worker_log(self.model.name, line)
+        for listener in self.sup.listeners:
+            listener(ev)
+
+
+class Supervisor:
+    def __init__(self, cfg: LoadedConfig) -> None:
+        self.cfg = cfg
+        cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cfg.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.endpoint = f"ipc://{cfg.run_dir / 'workers.sock'}"
+        self.dispatcher = Dispatcher(self.endpoint, self.on_message)
+        self.workers = {m.name: WorkerHandle(self, m) for m in cfg.models}
+        self.listeners: list[Callable[[Event], None]] = []
+        self._probe_waiters: dict[int, asyncio.Future[p.ProbeResult]] = {}
+        self._probe_seq = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started_at = time.time()
+        self.closing = False
+
+    # ----- logs -----------------------------------------------------------
+    def log_path(self, name: str) -> Path:
+        return self.cfg.logs_dir / f"{name}.log"
+
+    def write_worker_log(self, name: str, line: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with contextlib.suppress(OSError), open(self.log_path(name), "a") as f:
+            f.write(f"{stamp} SUPERVISOR {line}\n")
+
+    # ----- start-up and shut-down ------------------------------------------
+    async def start(self) -> None:
+        """Bind the link and start every model that is not loaded on demand."""
+        self.dispatcher.start()
+        eager = [w for w in self.workers.values() if not w.model.on_demand]
+        if self.cfg.config.supervisor.sequential_start:
+            # On a GPU the engine sizes itself from free memory: one at a time.
+            self.spawn_task(self._start_in_order(eager))
+        else:
+            for w in eager:
+                self.spawn_task(self.start_worker(w.model.name))
+        self.spawn_task(self._probe_loop())
+
+    async def _start_in_order(self, workers: list[WorkerHandle]) -> None:
+        for w in workers:
+            await self.start_worker(w.model.name)
+
+    async def close(self) -> None:
+        self.closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(self.stop_worker(n, "server shutting down")
+                               for n in self.workers), return_exceptions=True)
+        await self.dispatcher.close()
+
+    def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("supervisor task failed", exc_info=task.exception())
+
+    # ----- lifecycle operations ---------------------------------------------
+    async def start_worker(self, name: str, reason: str = "start") -> bool:
+        """Start ``name`` and wait until READY; False if it failed or timed out."""
+        w = self.workers[name]
+        async with w.lock:
+            return await self._start_locked(w, reason)
+
+    async def _start_locked(self, w: WorkerHandle, reason: str) -> bool:
+        if w.state is State.READY:
+            return True
+        if w.state not in (State.STOPPED, State.FAILED):
+            return await self._wait_ready(w)
+        await self._spawn(w, reason)
+        return await self._wait_ready(w)
+
+    async def _wait_ready(self, w: WorkerHandle) -> bool:
+        timeout = self.cfg.config.supervisor.start_timeout_s
+        ready = asyncio.create_task(w.ready.wait())
+        exited = asyncio.create_task(w.exited.wait())
+        done, pending = await asyncio.wait({ready, exited}, timeout=timeout,
+                                           return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        if ready in done:
+            return True
+        if not done:
+            msg = (f"not READY after {timeout:.0f}s (raise supervisor.start_timeout_s "
+                   f"if loading is just slow; see logs/{w.model.name}.log)")
+            w.info.last_error = msg
+            log.error("worker %s %s", w.model.name, msg)
+            await self._terminate(w, msg)
+        return False
+
+    async def _spawn(self, w: WorkerHandle, reason: str) -> None:
+        accel = has_accelerator()
+        env = {**os.environ, **engine_env(w.model, accelerator=accel)}
+        logf = open(self.log_path(w.model.name), "ab")  # noqa: SIM115, ASYNC230 - local, tiny
+        try:
+            w.expected_exit = False
+            w.exited.clear()
+            w.set_state(State.STARTING, reason)
+            w.info.stage, w.info.detail = "spawning", ""
+            w.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "workers.worker", "--config", str(self.cfg.source),
+                "--model", w.model.name, "--endpoint", self.endpoint,
+                stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
+                env=env, start_new_session=True)
+        except BaseException:
+            w.exited.set()
+            raise
+        finally:
+            logf.close()
+        w.info.pid = w.proc.pid
+        w.info.started_at = time.time()
+        w.watcher = asyncio.create_task(self._watch(w, w.proc))
+
+    async def _watch(self, w: WorkerHandle, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        # Whatever happened, vLLM's EngineCore child (same group) must go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        w.info.pid = None
+        w.info.stats = None
+        expected = w.expected_exit
+        reason = f"exited with code {code}" if code >= 0 else \
+            f"killed by {signal.Signals(-code).name}"
+        failed = self.dispatcher.fail_model(
+            w.model.name, f"model worker {w.model.name!r} {reason}; request aborted")
+        if failed:
+            log.warning("worker %s: failed %d in-flight request(s)", w.model.name, failed)
+        if w.state is not State.STOPPED:
+            w.set_state(State.STOPPED, reason if not expected else "stopped")
+        w.exited.set()
+        if expected or self.closing:
+            return
+        w.info.crashes += 1
+        w.info.last_error = reason
+        delay = w.policy.on_exit(time.monotonic())
+        if delay is None:
+            msg = (f"gave up after {w.policy.recent_failures} failures within "
+                   f"{w.policy.window_s:.0f}s; last: {reason}")
+            w.info.last_error = msg
+            w.set_state(State.FAILED, msg)
+            return
+        log.warning("worker %s %s; restarting in %.1fs", w.model.name, reason, delay)
+        self.spawn_task(self._restart_after(w, delay, f"restart after crash ({reason})"))
+
+    async def _restart_after(self, w: WorkerHandle, delay: float, reason: str) -> None:
+        await asyncio.sleep(delay)
+        async with w.lock:
+            if w.state is State.STOPPED and not self.closing:
+                w.info.restarts += 1
+                await self._start_locked(w, reason)
+
+    async def stop_worker(self, name: str, reason: str = "stop") -> None:
+        w = self.workers[name]
+        async with w.lock:
+            await self._terminate(w, reason)
+
+    async def _terminate(self, w: WorkerHandle, reason: str) -> None:
+        """SIGTERM, a bounded wait, then SIGKILL of the worker's process group."""
+        proc = w.proc
+        if proc is None or proc.returncode is not None:
+            return
+        w.expected_exit = True
+        if w.state is not State.STOPPING:
+            w.set_state(State.STOPPING, reason)
+        with contextlib.suppress(WorkerUnavailable):
+            await asyncio.wait_for(self.dispatcher.send(w.model.name, p.Shutdown(reason)), 1)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(w.exited.wait(), self.cfg.config.supervisor.stop_timeout_s)
+        except TimeoutError:
+            log.warning("worker %s did not stop in time; killing it", w.model.name)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await w.exited.wait()
+
+    async def restart_worker(self, name: str, reason: str, pause_s: float = 0.0) -> bool:
+        """Unload, pause, reload: one operation under the worker's lock."""
+        w = self.workers[name]
+        async with w.lock:
+            await self._terminate(w, reason)
+            await asyncio.sleep(pause_s)
+            w.info.restarts += 1
+            return await self._start_locked(w, reason)
+
+    # ----- messages from workers --------------------------------------------
+    def on_message(self, model: str, msg: p.Message) -> None:
+        w = self.workers.get(model)
+        if w is None:
+            log.warning("message from unknown worker %r ignored", model)
+            return
+        if isinstance(msg, p.Stats):
+            w.info.stats = msg
+        elif isinstance(msg, p.Progress):
+            w.info.stage, w.info.detail = msg.stage, msg.detail
+            if msg.stage == "warming up" and w.state is State.STARTING:
+                w.set_state(State.WARMING, "engine loaded")
+        elif isinstance(msg, p.Ready):
+            w.info.ready_at = time.time()
+            w.info.load_seconds = msg.load_seconds
+            w.info.warmup_seconds = msg.warmup_seconds
+            w.info.max_model_len = msg.max_model_len
+            w.info.stage, w.info.detail = "ready", ""
+            w.info.probe_failures = 0
+            if w.state in (State.STARTING, State.WARMING):
+                w.set_state(State.READY, f"loaded in {msg.load_seconds:.1f}s, warm-up "
+                                         f"{msg.warmup_seconds:.1f}s")
+        elif isinstance(msg, p.ProbeResult):
+            fut = self._probe_waiters.pop(msg.probe_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif isinstance(msg, p.Hello):
+            w.info.stage = "connected"
+        else:
+            log.warning("unexpected %s from %s", type(msg).__name__, model)
+
+    # ----- health probes ----------------------------------------------------
+    async def _probe_loop(self) -> None:
+        interval = self.cfg.config.supervisor.health_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await self.probe_all()
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(w) for w in self.workers.values()
+                               if w.state is State.READY))
+
+    async def probe(self, w: WorkerHandle) -> bool | None:
+        """One health probe; None when skipped because the worker is busy."""
+        if self.dispatcher.active.get(w.model.name, 0) > 0:
+            return None
+        self._probe_seq += 1
+        pid = self._probe_seq
+        fut: asyncio.Future[p.ProbeResult] = asyncio.get_running_loop().create_future()
+        self._probe_waiters[pid] = fut
+        timeout = self.cfg.config.supervisor.probe_timeout_s
+        ok, detail = False, ""
+        try:
+            await self.dispatcher.send(w.model.name, p.Probe(probe_id=pid))
+            result = await asyncio.wait_for(fut, timeout)
+            ok, detail = result.ok, result.detail
+            w.info.last_probe_seconds = result.seconds
+        except TimeoutError:
+            detail = f"no answer within {timeout:.0f}s"
+        except WorkerUnavailable:
+            detail = "worker not connected"
+        finally:
+            self._probe_waiters.pop(pid, None)
+        w.info.probes_total += 1
+        w.info.last_probe_at = time.time()
+        w.info.last_probe_ok = ok
+        if ok:
+            w.info.probe_failures = 0
+            return True
+        w.info.probe_failures += 1
+        w.info.probe_failures_total += 1
+        w.info.last_error = f"health probe failed: {detail}"
+        log.warning("worker %s: health probe failed (%d/%d): %s", w.model.name,
+                    w.info.probe_failures, PROBE_STRIKES, detail)
+        if w.info.probe_failures >= PROBE_STRIKES:
+            w.info.probe_failures = 0
+            self.spawn_task(self.restart_worker(
+                w.model.name, f"{PROBE_STRIKES} failed health probes", RECOVERY_PAUSE_S))
+        return False
+
+    # ----- queries ----------------------------------------------------------
+    def is_ready(self, name: str) -> bool:
+        return self.workers[name].state is State.READY
