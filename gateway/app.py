@@ -144,7 +144,13 @@ class Gateway:
             out[name] = {"state": i.state.value, "role": w.model.role.value, "pid": i.pid,
                          "stage": i.stage, "detail": i.detail, "restarts": i.restarts,
                          "failures": i.probe_failures, "last_error": i.last_error or None,
-                         "on_demand": w.model.on_demand}
+                         "on_demand": w.model.on_demand,
+                         "active_requests": self.sup.dispatcher.active.get(name, 0),
+                         "engine": None if i.stats is None else {
+                             "running": i.stats.running, "waiting": i.stats.waiting,
+                             "kv_cache_usage": i.stats.kv_cache_usage,
+                             "prefix_cache_hit_rate": i.stats.prefix_cache_hit_rate,
+                             "worker_requests": i.stats.active_requests}}
         return out
 
     async def health(self, request: Request) -> Response:

@@ -144,9 +144,8 @@ class Relay:
         await send({"type": "http.response.body", "body": b""})
 
     async def send_error(self, send: Send, err: p.Error, model: str, route: str) -> None:
-        body = errors.openai_error_body(err.status, err.message, type=err.type
-                                        if err.status >= 500 or err.type != "server_error"
-                                        else None, param=err.param, code=err.code)
+        body = errors.openai_error_body(err.status, err.message, type=err.type or None,
+                                        param=err.param, code=err.code)
         headers = JSON_HEADERS + self.headers(model, route)
         if err.status == 503:
             headers.append((b"retry-after", b"5"))

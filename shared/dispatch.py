@@ -123,7 +123,7 @@ class Dispatcher:
             if call.model == model and not call.finished:
                 call.queue.put_nowait(p.Error(
                     request_id=call.request_id, kind=p.ErrorKind.ENGINE_DEAD, status=503,
-                    message=message, type="server_error", code="worker_unavailable",
+                    message=message, code="worker_unavailable",
                     streamed=call.streamed))
                 failed += 1
         return failed

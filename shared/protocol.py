@@ -111,7 +111,7 @@ class Error(msgspec.Struct, frozen=True):
     kind: ErrorKind
     status: int
     message: str
-    type: str = "server_error"
+    type: str = ""  # an OpenAI error type; empty: derived from the status
     param: str | None = None
     code: str | None = None
     streamed: bool = False

@@ -78,10 +78,7 @@ class Handler:
             else:
                 result = await serving.create_completion(body, None)
             if isinstance(result, ErrorResponse):
-                err = result.error
-                kind = p.ErrorKind.BAD_REQUEST if err.code < 500 else p.ErrorKind.INTERNAL
-                await self.send(p.Error(request_id=rid, kind=kind, status=err.code,
-                                        message=err.message, type=err.type, param=err.param))
+                await self.send(_from_error_response(rid, result))
             elif hasattr(result, "__aiter__"):
                 try:
                     async for chunk in result:
@@ -108,15 +105,29 @@ class Handler:
                                         message=f"out of memory: {exc}", type="server_error",
                                         code="out_of_memory", streamed=streamed))
             else:
-                log.exception("request %s failed", rid)
-                await self.send(p.Error(request_id=rid, kind=p.ErrorKind.INTERNAL, status=500,
-                                        message=f"internal error: {type(exc).__name__}",
-                                        streamed=streamed))
+                # vLLM's own mapping: client errors (validation, bad values) -> 4xx.
+                from vllm.entrypoints.serve.exception_handling.error_response import (
+                    create_error_response,
+                )
+
+                err = _from_error_response(rid, create_error_response(exc), streamed)
+                if err.status >= 500:
+                    log.exception("request %s failed", rid)
+                await self.send(err)
         finally:
             # Aborting a finished request is a no-op; an unfinished one (the
             # task was cancelled, or the stream raised) must not stay queued.
             if body is not None:
                 await self.engine.client.abort(engine_request_ids(req, body))
+
+
+def _from_error_response(rid: str, response: Any, streamed: bool = False) -> p.Error:
+    err = response.error
+    status = int(err.code)
+    kind = p.ErrorKind.BAD_REQUEST if status < 500 else p.ErrorKind.INTERNAL
+    # vLLM's `type` names a Python-ish class; the gateway maps status to OpenAI's types.
+    return p.Error(request_id=rid, kind=kind, status=status, message=err.message, type="",
+                   param=err.param, streamed=streamed)
 
 
 def _bad_request(rid: str, exc: Any) -> p.Error:
@@ -128,5 +139,5 @@ def _bad_request(rid: str, exc: Any) -> p.Error:
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem(s))"
     return p.Error(request_id=rid, kind=p.ErrorKind.BAD_REQUEST, status=400, message=message,
-                   type="invalid_request_error", param=loc or None)
+                   type="", param=loc or None)
 

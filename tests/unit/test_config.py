@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared import config as c
+
+MINIMAL = """
+server: {default_model: fast}
+models:
+  - {name: fast, role: fast, path: /m/fast}
+  - {name: tools, role: tools, path: /m/tools, fallback: fast, aliases: ["hermes3:8b"]}
+"""
+
+
+def parse(text: str) -> c.LoadedConfig:
+    return c.parse(text, Path("/etc/zoe/test.yaml"))
+
+
+def mutate(**changes: object) -> str:
+    data = yaml.safe_load(MINIMAL)
+    for dotted, value in changes.items():
+        node = data
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[int(last) if last.isdigit() else last] = value
+    return yaml.safe_dump(data)
+
+
+def test_minimal_config_gets_defaults() -> None:
+    cfg = parse(MINIMAL)
+    assert cfg.server.port == 11434 and cfg.server.host == "127.0.0.1"
+    assert cfg.default_model.name == "fast"
+    assert cfg.model("tools").max_num_seqs == 8
+    assert c.fallback_chain(cfg.config, "tools") == ["fast"]
+    assert c.fallback_chain(cfg.config, "fast") == []
+
+
+@pytest.mark.parametrize("name", ["cpu", "jetson"])
+def test_shipped_profiles_are_valid(name: str) -> None:
+    cfg = c.load(profile=name)
+    assert cfg.default_model.role is c.Role.FAST
+
+
+def test_cpu_profile_pins_each_worker_to_its_own_core() -> None:
+    cfg = c.load(profile="cpu")
+    cores = [m.cpu_cores for m in cfg.models if not m.on_demand]
+    assert len(cores) == len(set(cores)) and None not in cores
+    tools = cfg.by_role(c.Role.TOOLS)
+    assert tools is not None and tools.tool_call_parser == "hermes"
+    template = cfg.chat_template_path(tools)
+    assert template is not None and template.exists()
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("models: []\nserver: {default_model: x}", "at least one model"),
+    (mutate(models__0__max_num_seqs="eight"), "Expected `int`, got `str` - at `$.models[0].max_num_seqs`"),
+    (mutate(models__0__max_num_seqs=0), "`$.models[0].max_num_seqs`"),
+    (mutate(server__port=70000), "`$.server.port`"),
+    (mutate(models__0__role="poet"), "`$.models[0].role`"),
+    (mutate(models__0__maxnumseqs=4), "unknown field `maxnumseqs`"),
+    (mutate(server__default_model="nope"), "`server.default_model` 'nope' is not one of"),
+    (mutate(models__1__fallback="ghost"), "fallback` 'ghost' is not a configured model"),
+    (mutate(models__1__fallback="tools"), "points at the model itself"),
+    (mutate(models__1__name="fast"), "'fast' at `$.models[1]` is already used"),
+    (mutate(models__1__aliases=["FAST"]), "'FAST' at `$.models[1]` is already used"),
+    (mutate(models__1__role="fast"), "more than one model has role 'fast'"),
+    (mutate(models__0__name="has space"), "`$.models[0].name`"),
+    ("- just\n- a list", "top level must be a mapping"),
+    ("models: [", "not valid YAML"),
+])
+def test_invalid_configs_say_where_and_why(text: str, fragment: str) -> None:
+    with pytest.raises(c.ConfigError) as info:
+        parse(text)
+    assert fragment in str(info.value)
+    assert str(info.value).startswith("test.yaml")
+
+
+def test_fallback_loop_is_refused() -> None:
+    text = mutate(models__0__fallback="tools")
+    with pytest.raises(c.ConfigError, match="loops back"):
+        parse(text)
+
+
+def test_unknown_profile_lists_the_known_ones() -> None:
+    with pytest.raises(c.ConfigError, match="unknown profile 'nope'.*cpu"):
+        c.load(profile="nope")
+
+
+def test_paths_expand_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOE_VLLM_HOME", "/srv/zoe")
+    cfg = parse(MINIMAL.replace("/m/fast", "'{models}/fast'"))
+    assert cfg.model_path(cfg.model("fast")) == Path("/srv/zoe/models/fast")
+    monkeypatch.delenv("ZOE_VLLM_HOME")
+    monkeypatch.setenv("HOME", "/home/u")
+    assert cfg.model_path(cfg.model("fast")) == Path("/home/u/.cache/zoe-vllm/models/fast")
+
+
+def test_env_selects_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(MINIMAL)
+    monkeypatch.setenv("ZOE_VLLM_CONFIG", str(path))
+    assert c.load().source == path.resolve()
