@@ -57,7 +57,8 @@ def test_cpu_profile_pins_each_worker_to_its_own_core() -> None:
 
 @pytest.mark.parametrize("text,fragment", [
     ("models: []\nserver: {default_model: x}", "at least one model"),
-    (mutate(models__0__max_num_seqs="eight"), "Expected `int`, got `str` - at `$.models[0].max_num_seqs`"),
+    (mutate(models__0__max_num_seqs="eight"),
+     "Expected `int`, got `str` - at `$.models[0].max_num_seqs`"),
     (mutate(models__0__max_num_seqs=0), "`$.models[0].max_num_seqs`"),
     (mutate(server__port=70000), "`$.server.port`"),
     (mutate(models__0__role="poet"), "`$.models[0].role`"),
@@ -86,7 +87,7 @@ def test_fallback_loop_is_refused() -> None:
 
 
 def test_unknown_profile_lists_the_known_ones() -> None:
-    with pytest.raises(c.ConfigError, match="unknown profile 'nope'.*cpu"):
+    with pytest.raises(c.ConfigError, match=r"unknown profile 'nope'.*cpu"):
         c.load(profile="nope")
 
 

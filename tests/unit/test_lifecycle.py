@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from workers.lifecycle import TRANSITIONS, State, TransitionError, check
@@ -8,7 +10,7 @@ from workers.lifecycle import TRANSITIONS, State, TransitionError, check
 def test_normal_life_is_allowed() -> None:
     path = [State.STOPPED, State.STARTING, State.WARMING, State.READY, State.DRAINING,
             State.STOPPING, State.STOPPED]
-    for old, new in zip(path, path[1:], strict=False):
+    for old, new in itertools.pairwise(path):
         check(old, new)
 
 

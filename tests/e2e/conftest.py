@@ -1,0 +1,153 @@
+"""The real stack, started once per test session on the cpu profile.
+
+Real worker processes, real vLLM engines on the real SmolLM2 weights, real
+ZeroMQ sockets, real HTTP. Only the port, the run/log folders, the probe
+interval and a (disarmed) fault-injection file differ from `make up`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from shared.config import PROFILES_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+START_DEADLINE_S = 900  # first start on a fresh machine also converts the model
+HEALTH_INTERVAL_S = 2.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Stack:
+    url: str
+    config_path: Path
+    faults_path: Path
+    logs: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(f"{self.url}/health", timeout=10).json()
+        return body
+
+    def worker(self, model: str) -> dict[str, Any]:
+        w: dict[str, Any] = self.health()["workers"][model]
+        return w
+
+    def wait_state(self, model: str, state: str, timeout: float = 300) -> dict[str, Any]:
+        return wait_for(lambda: (w := self.worker(model))["state"] == state and w, timeout,
+                        f"{model} to be {state}", every=0.25)
+
+    def arm(self, faults: dict[str, Any]) -> None:
+        self.faults_path.write_text(json.dumps(faults))
+
+    def disarm(self) -> None:
+        self.faults_path.write_text("{}")
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+def stack_config(tmp: Path, port: int) -> Path:
+    data = yaml.safe_load((PROFILES_DIR / "cpu.yaml").read_text())
+    data["server"]["port"] = port
+    data["paths"]["logs"] = str(tmp / "logs")
+    data["paths"]["run"] = str(tmp / "run")
+    data["supervisor"]["health_interval_s"] = HEALTH_INTERVAL_S
+    data["supervisor"]["probe_timeout_s"] = 5
+    for m in data["models"]:
+        if m.get("chat_template"):
+            m["chat_template"] = str((PROFILES_DIR / m["chat_template"]).resolve())
+    path = tmp / "stack.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    port = free_port()
+    config_path = stack_config(tmp, port)
+    faults = tmp / "faults.json"
+    faults.write_text("{}")
+    env = {**os.environ, "ZOE_VLLM_FAULTS": str(faults), "PYTHONUNBUFFERED": "1"}
+    out = open(tmp / "server.out", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "--config", str(config_path), "serve"],
+        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    s = Stack(url=f"http://127.0.0.1:{port}", config_path=config_path, faults_path=faults,
+              logs=tmp / "logs", proc=proc)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: "
+                                 f"{(tmp / 'server.out').read_text()[-3000:]}")
+        try:
+            h = s.health()
+        except httpx.HTTPError:
+            return False
+        return all(w["state"] == "ready" for w in h["workers"].values() if not w["on_demand"])
+
+    try:
+        wait_for(healthy, START_DEADLINE_S, "every worker READY", every=1)
+        yield s
+    finally:
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.close()
+    # Stopping must leave nothing behind: no worker, no EngineCore, no engine worker.
+    wait_for(lambda: not alive(tree), 30, "every worker and engine process to exit")
