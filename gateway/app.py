@@ -80,9 +80,10 @@ class Gateway:
         if w.state is State.FAILED:
             return False
         if w.model.on_demand and w.state is State.STOPPED:
-            self.sup.spawn_task(self.sup.start_worker(model, "requested on demand"))
+            self.sup.request_load(model)
+        bound = w.model.request_wait_s or self.cfg.config.supervisor.request_wait_s
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(w.ready.wait(), self.cfg.config.supervisor.request_wait_s)
+            await asyncio.wait_for(w.ready.wait(), bound)
             return True
         return False
 
@@ -146,6 +147,11 @@ class Gateway:
                          "failures": i.probe_failures, "last_error": i.last_error or None,
                          "on_demand": w.model.on_demand,
                          "active_requests": self.sup.dispatcher.active.get(name, 0),
+                         "crashes": i.crashes, "swapped_in": i.swapped_in,
+                         "swapped_out": i.swapped_out,
+                         "probes": {"total": i.probes_total, "failed": i.probe_failures_total,
+                                    "last_at": i.last_probe_at, "last_ok": i.last_probe_ok,
+                                    "last_seconds": i.last_probe_seconds},
                          "engine": None if i.stats is None else {
                              "running": i.stats.running, "waiting": i.stats.waiting,
                              "kv_cache_usage": i.stats.kv_cache_usage,

@@ -70,6 +70,8 @@ class SupervisorConfig(_Base, frozen=True):
     # How long a request waits for its model to become READY (loading,
     # restarting, swapping in) before it goes down the fallback chain.
     request_wait_s: PositiveFloat = 30.0
+    # A model being unloaded first lets its in-flight requests finish, this long.
+    drain_timeout_s: PositiveFloat = 60.0
 
 
 class RoutingConfig(_Base, frozen=True):
@@ -111,6 +113,14 @@ class ModelConfig(_Base, frozen=True):
     tool_call_parser: str | None = None
     chat_template: str | None = None
     on_demand: bool = False
+    # On-demand models only: the model unloaded to make room (the seed's vision
+    # model swaps out the coder), and the idle time after which this model is
+    # unloaded again and that model restored.
+    swap_out: str | None = None
+    idle_unload_s: PositiveFloat = 300.0
+    # Overrides supervisor.request_wait_s for this model (an on-demand model's
+    # first request must wait for a whole load).
+    request_wait_s: PositiveFloat | None = None
     fallback: str | None = None
     limit_images_per_prompt: Annotated[int, msgspec.Meta(ge=0)] = 1
     env: dict[str, str] = {}
@@ -267,6 +277,13 @@ def _check(config: Config, where: str) -> None:
                 fail(f"`$.models[{i}].fallback` {m.fallback!r} is not a configured model")
             if m.fallback == m.name:
                 fail(f"`$.models[{i}].fallback` points at the model itself")
+        if m.swap_out is not None:
+            if not m.on_demand:
+                fail(f"`$.models[{i}].swap_out` needs `on_demand: true`")
+            if m.swap_out not in model_names or m.swap_out == m.name:
+                fail(f"`$.models[{i}].swap_out` {m.swap_out!r} is not another configured model")
+            if m.swap_out == default:
+                fail(f"`$.models[{i}].swap_out` cannot unload the default model {default!r}")
         if m.max_num_batched_tokens < m.max_model_len and not m.enable_chunked_prefill:
             fail(f"`$.models[{i}]`: max_num_batched_tokens ({m.max_num_batched_tokens}) "
                  f"< max_model_len ({m.max_model_len}) needs enable_chunked_prefill: true")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 
@@ -65,6 +66,8 @@ class Dispatcher:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.calls: dict[str, Call] = {}
         self.active: dict[str, int] = {}
+        self.last_used: dict[str, float] = {}  # monotonic time of the last submit/release
+        self._idle: dict[str, asyncio.Event] = {}
         self._reader: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -94,6 +97,8 @@ class Dispatcher:
         call = Call(rid, model, endpoint)
         self.calls[rid] = call
         self.active[model] = self.active.get(model, 0) + 1
+        self.last_used[model] = time.monotonic()
+        self._idle_event(model).clear()
         try:
             await self.send(model, p.Request(request_id=rid, endpoint=endpoint, body=body,
                                              stream=stream))
@@ -107,10 +112,29 @@ class Dispatcher:
         if self.calls.pop(call.request_id, None) is None:
             return
         self.active[call.model] -= 1
+        self.last_used[call.model] = time.monotonic()
+        if self.active[call.model] == 0:
+            self._idle_event(call.model).set()
         if not call.finished:
             call.finished = True
             task = asyncio.create_task(self._abort(call))
             task.add_done_callback(_log_failure)
+
+    def _idle_event(self, model: str) -> asyncio.Event:
+        event = self._idle.get(model)
+        if event is None:
+            event = self._idle[model] = asyncio.Event()
+            if not self.active.get(model):
+                event.set()
+        return event
+
+    async def wait_idle(self, model: str, bound_s: float) -> bool:
+        """Wait until ``model`` has no request in flight; False if ``bound_s`` ran out."""
+        try:
+            await asyncio.wait_for(self._idle_event(model).wait(), bound_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def _abort(self, call: Call) -> None:
         with contextlib.suppress(WorkerUnavailable):

@@ -6,10 +6,11 @@ so a test can arm and disarm faults on a running worker::
     {"smollm2-135m-tools": {"oom_on_request": 2, "crash_mid_stream": 1,
                             "probe": "fail"}}
 
-- ``oom_on_request: N``: the worker's Nth request (counting from its start)
-  raises ``MemoryError`` before any output, as an out-of-memory engine would.
-- ``crash_mid_stream: N``: the Nth request's process exits hard right after
-  its first streamed chunk (what a segfault or OOM-kill looks like).
+- ``oom_on_request: N``: the Nth request after the file last changed raises
+  ``MemoryError`` before any output, as an out-of-memory engine would.
+- ``crash_mid_stream: N``: on the Nth request (counted the same way) the
+  process exits hard right after the first streamed chunk, as a segfault or
+  the kernel's OOM killer would.
 - ``probe: "fail" | "hang"``: health probes fail at once, or never answer.
 """
 
@@ -19,7 +20,7 @@ import asyncio
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ class Faults:
     model: str
     path: Path | None
     requests_seen: int = 0
-    _armed: dict[str, Any] = field(default_factory=dict)
+    _last_raw: str | None = None
 
     @classmethod
     def from_env(cls, model: str) -> Faults:
@@ -44,20 +45,26 @@ class Faults:
         return cls(model=model, path=Path(raw) if raw else None)
 
     def current(self) -> dict[str, Any]:
+        """This worker's armed faults; a changed file restarts the request count."""
         if self.path is None:
             return {}
         try:
-            data = json.loads(self.path.read_text())
+            raw = self.path.read_text()
+            data = json.loads(raw)
         except (OSError, ValueError):
             return {}
+        if raw != self._last_raw:
+            self._last_raw = raw
+            self.requests_seen = 0
         entry = data.get(self.model, {}) if isinstance(data, dict) else {}
         return entry if isinstance(entry, dict) else {}
 
-    def on_request(self, req: p.Request) -> None:
-        self.requests_seen += 1
-
     async def wrap(self, handler: Any, req: p.Request) -> None:
+        if self.path is None:
+            await handler.run(req)
+            return
         faults = self.current()
+        self.requests_seen += 1
         n = self.requests_seen
         if faults.get("oom_on_request") == n:
             await handler.run(req, before_engine=self._oom)

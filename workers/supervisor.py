@@ -56,6 +56,7 @@ class WorkerInfo:
     detail: str = ""
     started_at: float | None = None
     ready_at: float | None = None
+    ready_mono: float = 0.0
     load_seconds: float | None = None
     warmup_seconds: float | None = None
     max_model_len: int | None = None
@@ -68,6 +69,8 @@ class WorkerInfo:
     last_probe_ok: bool | None = None
     last_probe_seconds: float | None = None
     last_error: str = ""
+    swapped_in: int = 0
+    swapped_out: int = 0
     stats: p.Stats | None = None
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))
     transitions: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -126,6 +129,9 @@ class Supervisor:
         self._probe_waiters: dict[int, asyncio.Future[p.ProbeResult]] = {}
         self._probe_seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.swap_lock = asyncio.Lock()  # one swap (two workers) at a time
+        self.swapped_out: dict[str, str] = {}  # displaced model -> on-demand model
+        self._loading: dict[str, asyncio.Task[bool]] = {}
         self.started_at = time.time()
         self.closing = False
 
@@ -250,6 +256,10 @@ class Supervisor:
             return
         w.info.crashes += 1
         w.info.last_error = reason
+        if w.model.on_demand:
+            # Loaded again by its next request; meanwhile the displaced model returns.
+            log.warning("on-demand worker %s %s; not restarting it", w.model.name, reason)
+            return
         delay = w.policy.on_exit(time.monotonic())
         if delay is None:
             msg = (f"gave up after {w.policy.recent_failures} failures within "
@@ -301,6 +311,68 @@ class Supervisor:
             w.info.restarts += 1
             return await self._start_locked(w, reason)
 
+    # ----- on-demand models and swaps ----------------------------------------
+    def request_load(self, name: str) -> None:
+        """Start loading on-demand model ``name`` unless that is already under way."""
+        task = self._loading.get(name)
+        if task is None or task.done():
+            self._loading[name] = asyncio.create_task(self.load_on_demand(name))
+
+    async def load_on_demand(self, name: str) -> bool:
+        """Swap ``name`` in: drain and unload the model it displaces, then load it."""
+        w = self.workers[name]
+        async with self.swap_lock:
+            if w.state is State.READY:
+                return True
+            victim_name = w.model.swap_out
+            if victim_name is not None:
+                victim = self.workers[victim_name]
+                if victim.state in lifecycle.ALIVE:
+                    await self.drain_and_stop(victim, f"swapped out for {name}")
+                    victim.info.swapped_out += 1
+                self.swapped_out[victim_name] = name
+            w.info.swapped_in += 1
+            ok = await self.start_worker(name, "requested on demand")
+        if ok:
+            self.spawn_task(self._unload_when_idle(w))
+        else:
+            await self._restore_displaced(name)
+        return ok
+
+    async def drain_and_stop(self, w: WorkerHandle, reason: str) -> None:
+        """No new requests; let in-flight ones finish (bounded), then stop."""
+        async with w.lock:
+            if w.state is State.READY:
+                w.set_state(State.DRAINING, reason)
+            bound = self.cfg.config.supervisor.drain_timeout_s
+            if not await self.dispatcher.wait_idle(w.model.name, bound):
+                log.warning("worker %s: requests still running after %.0fs of draining "
+                            "(supervisor.drain_timeout_s); stopping anyway", w.model.name, bound)
+            await self._terminate(w, reason)
+
+    async def _unload_when_idle(self, w: WorkerHandle) -> None:
+        idle_s = w.model.idle_unload_s
+        name = w.model.name
+        while w.state in (State.READY, State.STARTING, State.WARMING):
+            last = max(self.dispatcher.last_used.get(name, 0.0), w.info.ready_mono)
+            due = last + idle_s - time.monotonic()
+            if due > 0 or self.dispatcher.active.get(name, 0):
+                await asyncio.sleep(max(0.2, min(due, 5.0)))
+                continue
+            async with self.swap_lock:
+                if self.dispatcher.active.get(name, 0) or w.state is not State.READY:
+                    continue
+                await self.drain_and_stop(w, f"idle for {idle_s:.0f}s")
+            break
+        await self._restore_displaced(name)
+
+    async def _restore_displaced(self, by: str) -> None:
+        for victim, displacer in list(self.swapped_out.items()):
+            if displacer == by:
+                del self.swapped_out[victim]
+                if not self.closing:
+                    self.spawn_task(self.start_worker(victim, f"restored after {by} unloaded"))
+
     # ----- messages from workers --------------------------------------------
     def on_message(self, model: str, msg: p.Message) -> None:
         w = self.workers.get(model)
@@ -315,6 +387,7 @@ class Supervisor:
                 w.set_state(State.WARMING, "engine loaded")
         elif isinstance(msg, p.Ready):
             w.info.ready_at = time.time()
+            w.info.ready_mono = time.monotonic()
             w.info.load_seconds = msg.load_seconds
             w.info.warmup_seconds = msg.warmup_seconds
             w.info.max_model_len = msg.max_model_len

@@ -163,7 +163,6 @@ class Worker:
         if req.request_id in self.tasks:
             log.warning("duplicate request id %s ignored", req.request_id)
             return
-        self.faults.on_request(req)
         task = asyncio.create_task(self.faults.wrap(handler, req))
         self.tasks[req.request_id] = task
         self._stats_dirty.set()
