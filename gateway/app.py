@@ -22,9 +22,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import errors
+from gateway.formats import Format, OpenAIFormat
 from gateway.metrics import Metrics
 from gateway.relay import Relay
-from gateway.router import Router, UnknownModel
+from gateway.router import Decision, Router, UnknownModel
 from shared import protocol as p
 from shared.config import LoadedConfig, fallback_chain
 from workers.lifecycle import State
@@ -114,11 +115,17 @@ class Gateway:
             return errors.openai_error(
                 404, f"The model {exc.name!r} does not exist. Known models and aliases: "
                      f"{', '.join(exc.known)}", param="model", code="model_not_found")
+        return self.relay(endpoint, body, stream, decision)
+
+    def relay(self, endpoint: p.Endpoint, body: dict[str, Any], stream: bool,
+              decision: Decision, fmt: Format | None = None) -> Relay:
+        """The ASGI app that serves a routed OpenAI-shaped ``body`` in format ``fmt``."""
         self.metrics.routed(decision.model, decision.reason)
         chain = [decision.model, *fallback_chain(self.cfg.config, decision.model)]
         return Relay(dispatcher=self.sup.dispatcher, metrics=self.metrics,
                      ensure_ready=self.ensure_ready, on_oom=self.on_oom, endpoint=endpoint,
-                     body=body, stream=stream, models=chain, reason=decision.reason)
+                     body=body, stream=stream, models=chain, reason=decision.reason,
+                     format=fmt or OpenAIFormat())
 
     # ----- endpoints ---------------------------------------------------------
     async def chat_completions(self, request: Request) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from gateway import errors
+from gateway.formats import Format, OpenAIFormat
 from gateway.metrics import Metrics
 from shared import protocol as p
 from shared.dispatch import Call, Dispatcher, WorkerUnavailable
@@ -34,8 +34,7 @@ Send = Callable[[Message], Awaitable[None]]
 EnsureReady = Callable[[str], Awaitable[bool]]
 OnOom = Callable[[str], None]
 
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
-               (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 FALLBACK_KINDS = frozenset({p.ErrorKind.OOM, p.ErrorKind.ENGINE_DEAD})
 
@@ -53,6 +52,7 @@ class Relay:
     stream: bool
     models: list[str]
     reason: str
+    format: Format = field(default_factory=OpenAIFormat)
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
@@ -121,31 +121,30 @@ class Relay:
         if isinstance(first, p.Response):
             await send({"type": "http.response.start", "status": first.status,
                         "headers": JSON_HEADERS + self.headers(model, route)})
-            await send({"type": "http.response.body", "body": first.body})
+            await send({"type": "http.response.body", "body": self.format.response(first.body)})
             self.metrics.request_done(model, "ok", time.perf_counter() - self.started)
             return
         assert isinstance(first, p.Chunk)
+        headers = [(b"content-type", self.format.stream_content_type), *STREAM_HEADERS]
         await send({"type": "http.response.start", "status": 200,
-                    "headers": SSE_HEADERS + self.headers(model, route)})
+                    "headers": headers + self.headers(model, route)})
         self.metrics.first_token(model, time.perf_counter() - self.started)
         msg: p.Message = first
         while isinstance(msg, p.Chunk):
-            await send({"type": "http.response.body", "body": msg.data.encode(),
-                        "more_body": True})
+            out = self.format.chunk(msg.data)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
             msg = await call.next()
         if isinstance(msg, p.Error):
-            # Headers are gone: end the stream with an error event, then [DONE].
+            # Headers are gone: the format ends the stream with an error in-band.
             self.metrics.request_done(model, "error")
-            tail = errors.sse_error_event(msg.message, code=msg.code or msg.kind.value,
-                                          status=msg.status) + b"data: [DONE]\n\n"
-            await send({"type": "http.response.body", "body": tail})
+            await send({"type": "http.response.body", "body": self.format.stream_error(msg)})
             return
         self.metrics.request_done(model, "ok", time.perf_counter() - self.started)
-        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": self.format.end()})
 
     async def send_error(self, send: Send, err: p.Error, model: str, route: str) -> None:
-        body = errors.openai_error_body(err.status, err.message, type=err.type or None,
-                                        param=err.param, code=err.code)
+        body = self.format.error(err)
         headers = JSON_HEADERS + self.headers(model, route)
         if err.status == 503:
             headers.append((b"retry-after", b"5"))
