@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import errors
+from gateway.admission import Admission
 from gateway.formats import Format, OpenAIFormat
 from gateway.metrics import Metrics
 from gateway.relay import Relay
@@ -47,6 +48,8 @@ class Gateway:
         self.sup = supervisor or Supervisor(cfg)
         self.router = Router(cfg)
         self.metrics = Metrics()
+        self.admission = {m.name: Admission(m.max_num_seqs, m.max_queued,
+                                            cfg.server.queue_timeout_s) for m in cfg.models}
         self.started = time.time()
 
     # ----- helpers for the request path --------------------------------------
@@ -122,7 +125,8 @@ class Gateway:
         """The ASGI app that serves a routed OpenAI-shaped ``body`` in format ``fmt``."""
         self.metrics.routed(decision.model, decision.reason)
         chain = [decision.model, *fallback_chain(self.cfg.config, decision.model)]
-        return Relay(dispatcher=self.sup.dispatcher, metrics=self.metrics,
+        return Relay(dispatcher=self.sup.dispatcher, admission=self.admission,
+                     metrics=self.metrics,
                      ensure_ready=self.ensure_ready, on_oom=self.on_oom, endpoint=endpoint,
                      body=body, stream=stream, models=chain, reason=decision.reason,
                      format=fmt or OpenAIFormat())
@@ -154,6 +158,7 @@ class Gateway:
                          "failures": i.probe_failures, "last_error": i.last_error or None,
                          "on_demand": w.model.on_demand,
                          "active_requests": self.sup.dispatcher.active.get(name, 0),
+                         "queued": self.admission[name].queued,
                          "crashes": i.crashes, "swapped_in": i.swapped_in,
                          "swapped_out": i.swapped_out,
                          "probes": {"total": i.probes_total, "failed": i.probe_failures_total,

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from gateway.admission import Admission, Busy, QueueTimeout
 from gateway.formats import Format, OpenAIFormat
 from gateway.metrics import Metrics
 from shared import protocol as p
@@ -44,6 +45,7 @@ class Relay:
     """An ASGI app answering one request; ``models`` is the route then its fallbacks."""
 
     dispatcher: Dispatcher
+    admission: Mapping[str, Admission]
     metrics: Metrics
     ensure_ready: EnsureReady
     on_oom: OnOom
@@ -84,29 +86,43 @@ class Relay:
                             "try again shortly", code="model_unavailable")
                 continue
             route = self.reason if i == 0 else f"fallback:{self.models[0]}"
-            self.body["model"] = model
+            gate = self.admission[model]
             try:
-                call = await self.dispatcher.submit(model, self.endpoint,
-                                                    msgspec.json.encode(self.body), self.stream)
-            except WorkerUnavailable:
-                last_error = p.Error(request_id="", kind=p.ErrorKind.ENGINE_DEAD, status=503,
-                                     message=f"model {model!r} is not connected",
-                                     code="model_unavailable")
+                await gate.acquire()
+            except (Busy, QueueTimeout) as exc:
+                last_error = _busy(model, gate, exc)
                 continue
             try:
-                first = await call.next()
-                if isinstance(first, p.Error) and first.kind in FALLBACK_KINDS:
-                    if first.kind is p.ErrorKind.OOM:
-                        self.on_oom(model)
-                    last_error = first
-                    continue
-                await self.answer(send, call, first, model, route)
+                await self.attempt(send, model, route)
                 return
+            except _TryNext as exc:
+                last_error = exc.error
             finally:
-                self.dispatcher.release(call)
+                gate.release()
         assert last_error is not None
-        self.metrics.request_done(self.models[0], "unavailable")
+        outcome = "busy" if last_error.code == "server_busy" else "unavailable"
+        self.metrics.request_done(self.models[0], outcome)
         await self.send_error(send, last_error, self.models[-1], self.reason)
+
+    async def attempt(self, send: Send, model: str, route: str) -> None:
+        """One try on ``model``; raises _TryNext if the next model should take over."""
+        self.body["model"] = model
+        try:
+            call = await self.dispatcher.submit(model, self.endpoint,
+                                                msgspec.json.encode(self.body), self.stream)
+        except WorkerUnavailable:
+            raise _TryNext(p.Error(request_id="", kind=p.ErrorKind.ENGINE_DEAD, status=503,
+                                   message=f"model {model!r} is not connected",
+                                   code="model_unavailable")) from None
+        try:
+            first = await call.next()
+            if isinstance(first, p.Error) and first.kind in FALLBACK_KINDS:
+                if first.kind is p.ErrorKind.OOM:
+                    self.on_oom(model)
+                raise _TryNext(first)
+            await self.answer(send, call, first, model, route)
+        finally:
+            self.dispatcher.release(call)
 
     def headers(self, model: str, route: str) -> list[tuple[bytes, bytes]]:
         return [(b"x-zoe-model", model.encode()), (b"x-zoe-route", route.encode()),
@@ -150,6 +166,21 @@ class Relay:
             headers.append((b"retry-after", b"5"))
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class _TryNext(Exception):
+    def __init__(self, error: p.Error) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _busy(model: str, gate: Admission, exc: Exception) -> p.Error:
+    why = "maximum pending requests exceeded" if isinstance(exc, Busy) else \
+        f"waited {gate.queue_timeout_s:.0f}s in the queue (server.queue_timeout_s)"
+    return p.Error(request_id="", kind=p.ErrorKind.ENGINE_DEAD, status=503,
+                   message=f"server busy, please try again. {why} (model {model!r}: "
+                           f"{gate.running} running, {gate.queued} queued)",
+                   code="server_busy")
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -52,6 +52,9 @@ class ServerConfig(_Base, frozen=True):
     port: Port = 11434
     default_model: str = ""
     max_body_bytes: Positive = 16 * 1024 * 1024
+    # A request waiting for a free slot on its model goes down the fallback
+    # chain (and is finally refused with 503) after this long.
+    queue_timeout_s: PositiveFloat = 30.0
 
 
 class PathsConfig(_Base, frozen=True):
@@ -97,7 +100,8 @@ class ModelConfig(_Base, frozen=True):
     description: str = ""
     provision: Provision = Provision.NONE
     max_model_len: Positive = 2048
-    max_num_seqs: Positive = 8
+    max_num_seqs: Positive = 8  # also the number of requests admitted at once
+    max_queued: Annotated[int, msgspec.Meta(ge=0)] = 32  # beyond: 503 "server busy"
     max_num_batched_tokens: Positive = 4096
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
