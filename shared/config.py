@@ -55,6 +55,22 @@ class ServerConfig(_Base, frozen=True):
     # A request waiting for a free slot on its model goes down the fallback
     # chain (and is finally refused with 503) after this long.
     queue_timeout_s: PositiveFloat = 30.0
+    # API keys (also from ZOE_VLLM_API_KEYS and api_keys_file). With none, the
+    # server refuses a non-loopback host unless allow_unauthenticated is set.
+    api_keys: list[str] = []
+    api_keys_file: str | None = None
+    allow_unauthenticated: bool = False
+    metrics_open: bool = True  # /metrics without a key (/health is always open)
+    # Reading a request body slower than this is a slow-loris: 408.
+    body_timeout_s: PositiveFloat = 30.0
+    max_messages: Positive = 256
+    max_images: Annotated[int, msgspec.Meta(ge=0)] = 4
+    max_image_bytes: Positive = 8 * 1024 * 1024
+    max_image_pixels: Positive = 4096 * 4096
+    # Remote (http/https) image URLs are fetched by the gateway only for these
+    # hosts; empty means off (no server-side requests to arbitrary URLs).
+    image_url_allowlist: list[str] = []
+    image_fetch_timeout_s: PositiveFloat = 10.0
 
 
 class PathsConfig(_Base, frozen=True):
@@ -99,6 +115,11 @@ class ModelConfig(_Base, frozen=True):
     aliases: list[ModelName] = []
     description: str = ""
     provision: Provision = Provision.NONE
+    # Where `zoe-vllm models pull` fetches the weights from (a Hugging Face repo id).
+    hf_repo: str | None = None
+    # The weights' size, for the memory budget when the model is not on disk yet
+    # and is not a known architecture (see shared/budget.py).
+    weights_gib: PositiveFloat | None = None
     max_model_len: Positive = 2048
     max_num_seqs: Positive = 8  # also the number of requests admitted at once
     max_queued: Annotated[int, msgspec.Meta(ge=0)] = 32  # beyond: 503 "server busy"

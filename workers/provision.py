@@ -84,14 +84,14 @@ def _clear_leftovers(dest: Path, progress: Progress) -> None:
     for stale in dest.parent.glob(_tmp_prefix(dest) + "*"):
         progress(f"removing leftover {stale.name}")
         shutil.rmtree(stale, ignore_errors=True)
-    if dest.exists():
-        # A directory without the marker was never finished by us; building over it is the only
-        # way forward, and keeping it would mean serving a model of unknown completeness.
-        progress(f"removing incomplete {dest}")
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        else:
-            dest.unlink()
+    if dest.is_dir() and not any(dest.iterdir()):
+        dest.rmdir()
+    elif dest.exists() or dest.is_symlink():
+        # Our own output only ever appears here whole and marked, so this is someone else's
+        # (a hand-made download, say): never delete it, and never serve it as ours.
+        raise FileExistsError(
+            f"{dest} exists but was not made by the provisioner (no {MARKER}); move it away to "
+            f"have it provisioned, or set the model's provision to none to use it as it is")
 
 
 def is_provisioned(dest: Path) -> bool:

@@ -142,8 +142,8 @@ def write_tiny_idefics3(out: Path, progress: Callable[[str], None]) -> None:
 def _pin_pil_image_processor(path: Path) -> None:
     """Name the PIL image processor, which save_pretrained writes as the torchvision one.
 
-    Without torchvision transformers falls back to PIL anyway, but warns on every load; and with
-    it the two backends would resize slightly differently on different machines.
+    Without torchvision transformers falls back to PIL anyway; pinning it keeps a machine that
+    has torchvision from resizing (slightly) differently and so answering differently.
     """
     data = json.loads(path.read_text())
     data["image_processor"]["image_processor_type"] = "Idefics3ImageProcessorPil"

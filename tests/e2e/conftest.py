@@ -29,6 +29,8 @@ from shared.config import PROFILES_DIR
 REPO = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 900  # first start on a fresh machine also converts the model
 HEALTH_INTERVAL_S = 2.0
+REQUEST_WAIT_S = 5.0
+VISION_IDLE_S = 6.0
 
 
 def free_port() -> int:
@@ -90,7 +92,10 @@ def stack_config(tmp: Path, port: int) -> Path:
     data["paths"]["run"] = str(tmp / "run")
     data["supervisor"]["health_interval_s"] = HEALTH_INTERVAL_S
     data["supervisor"]["probe_timeout_s"] = 5
+    data["supervisor"]["request_wait_s"] = REQUEST_WAIT_S
     for m in data["models"]:
+        if m.get("on_demand"):
+            m["idle_unload_s"] = VISION_IDLE_S
         if m.get("chat_template"):
             m["chat_template"] = str((PROFILES_DIR / m["chat_template"]).resolve())
     path = tmp / "stack.yaml"

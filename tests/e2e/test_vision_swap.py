@@ -1,0 +1,69 @@
+"""The on-demand vision model: swapped in for an image, out again when idle."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.e2e.conftest import REQUEST_WAIT_S, VISION_IDLE_S, Stack
+
+pytestmark = pytest.mark.e2e
+
+CHAT, TOOLS, VISION = "smollm2-135m-chat", "smollm2-135m-tools", "tiny-idefics3-vision"
+
+
+def png_data_url(color: tuple[int, int, int]) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 64), color).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def image_chat(color: tuple[int, int, int]) -> dict[str, object]:
+    return {"max_tokens": 8, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this image?"},
+        {"type": "image_url", "image_url": {"url": png_data_url(color)}}]}]}
+
+
+def test_image_swaps_the_vision_model_in_and_out(stack: Stack) -> None:
+    stack.wait_state(TOOLS, "ready")
+    assert stack.worker(VISION)["state"] == "stopped", "vision must not load at start"
+    swaps_before = stack.worker(TOOLS)["swapped_out"]
+
+    r = httpx.post(f"{stack.v1}/chat/completions", json=image_chat((200, 30, 30)), timeout=400)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-zoe-model"] == VISION and r.headers["x-zoe-route"] == "image"
+    assert r.json()["choices"][0]["message"]["content"]
+    assert r.json()["usage"]["prompt_tokens"] > 20, "the image must expand into image tokens"
+
+    # The tools model made room: drained, unloaded, and its requests fall back.
+    tools = stack.worker(TOOLS)
+    assert tools["state"] == "stopped" and tools["swapped_out"] == swaps_before + 1
+    assert f"swapped out for {VISION}" in stack.log(TOOLS)
+    r = httpx.post(f"{stack.v1}/chat/completions", timeout=60 + REQUEST_WAIT_S, json={
+        "model": TOOLS, "max_tokens": 4,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+    assert r.headers["x-zoe-model"] == CHAT
+    assert r.headers["x-zoe-route"] == f"fallback:{TOOLS}"
+
+    # A second image is served by the already-loaded vision worker.
+    r = httpx.post(f"{stack.v1}/chat/completions", json=image_chat((0, 0, 255)), timeout=120)
+    assert r.status_code == 200 and r.headers["x-zoe-model"] == VISION
+
+    # Idle: vision unloads and the tools model comes back on its own.
+    stack.wait_state(VISION, "stopped", VISION_IDLE_S + 60)
+    stack.wait_state(TOOLS, "ready", 300)
+    assert f"restored after {VISION} unloaded" in stack.log(TOOLS)
+    assert f"idle for {VISION_IDLE_S:.0f}s" in stack.log(VISION)
+
+
+def test_corrupt_image_is_a_client_error(stack: Stack) -> None:
+    body = {"max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}]}]}
+    r = httpx.post(f"{stack.v1}/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert "image" in r.json()["error"]["message"].lower()
