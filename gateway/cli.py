@@ -1,4 +1,4 @@
-"""The ``zoe-vllm`` command: serve, up, down, status, provision, check-config."""
+"""The ``zoe-vllm`` command: serve, up, down, status, provision, check-config, models pull."""
 
 from __future__ import annotations
 
@@ -16,12 +16,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gateway.budget_cli import budget_arguments, check_budget
 from shared import config as cfgmod
 
 
 def _load(args: argparse.Namespace) -> cfgmod.LoadedConfig:
+    """Precedence: --config, ZOE_VLLM_CONFIG, --profile, ZOE_VLLM_PROFILE, then the
+    profile this machine's hardware calls for (jetson, gpu or cpu)."""
+    profile = args.profile
+    if not (args.config or os.environ.get("ZOE_VLLM_CONFIG") or profile
+            or os.environ.get("ZOE_VLLM_PROFILE")):
+        from shared.platform import detect_profile
+
+        profile = detect_profile().profile
     try:
-        return cfgmod.load(profile=args.profile, path=args.config)
+        return cfgmod.load(profile=profile, path=args.config)
     except cfgmod.ConfigError as exc:
         sys.exit(f"zoe-vllm: {exc}")
 
@@ -30,10 +39,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import build_app
+    from gateway.http_limits import protocol_class
 
     cfg = _load(args)
     logging.basicConfig(level=os.environ.get("ZOE_VLLM_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO, URLs included: too chatty for probes.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from gateway.security import InsecureBind, check_bind, load_keys
 
     host = args.host or cfg.server.host
@@ -47,7 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("zoe").info("serving profile %s on http://%s:%d", cfg.source.name, host,
                                   port)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=30,
-                h11_max_incomplete_event_size=64 * 1024)
+                h11_max_incomplete_event_size=64 * 1024,
+                http=protocol_class(cfg.server.header_timeout_s))
     return 0
 
 
@@ -178,6 +191,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the running server to unload and load a model again (also from FAILED)."""
+    cfg = _load(args)
+    url = f"http://127.0.0.1:{cfg.server.port}/admin/models/{args.model}/reload"
+    headers = {}
+    key = os.environ.get("ZOE_VLLM_API_KEYS", "").split(",")[0].strip()
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            print(json.loads(resp.read()))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"zoe-vllm: {exc.code}: {exc.read().decode(errors='replace')}")
+    except OSError as exc:
+        print(f"zoe-vllm: the server is not answering ({exc})")
+    return 1
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
     from workers.provision import provision
 
@@ -198,7 +231,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{cfg.source}: OK")
     for m in cfg.models:
         extra = " (on demand)" if m.on_demand else ""
-        print(f"  {m.name} [{m.role.value}]{extra} -> {cfg.model_path(m)}")
+        where = cfg.model_path(m) if m.backend is cfgmod.Backend.VLLM else \
+            f"{m.backend.value} {cfg.url(m)} ({m.remote_model or m.name})"
+        print(f"  {m.name} [{m.role.value}]{extra} -> {where}")
+    if args.no_budget:
+        return 0
+    return check_budget(args, cfg)
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from gateway.model_pull import PullError, pull
+
+    cfg = _load(args)
+    source = Path(args.source).expanduser() if args.source else None
+    try:
+        outcomes = pull(cfg, names=args.model or None, source=source, link=args.link,
+                        say=lambda line: print(line, flush=True))
+    except PullError as exc:
+        print(f"zoe-vllm: {exc}", file=sys.stderr)
+        return 1
+    for o in outcomes:
+        print(f"{o.model}: {o.action} ({o.dest})")
     return 0
 
 
@@ -221,11 +274,27 @@ def main(argv: list[str] | None = None) -> int:
                             "requests, uptime, last probe, restarts)")
     status.add_argument("--json", action="store_true", help="/health and /metrics as JSON")
     status.set_defaults(func=cmd_status)
+    reload = sub.add_parser("reload", help="unload and load a model again (even FAILED)")
+    reload.add_argument("model")
+    reload.set_defaults(func=cmd_reload)
     sub.add_parser("provision", help="build model weights that ship in packages"
                    ).set_defaults(func=cmd_provision)
-    sub.add_parser("check-config", help="validate the configuration"
-                   ).set_defaults(func=cmd_check_config)
-    for p in sub.choices.values():
+    check = sub.add_parser("check-config", help="validate the configuration and check that "
+                           "its models fit the device's memory")
+    budget_arguments(check)
+    check.set_defaults(func=cmd_check_config)
+    models = sub.add_parser("models", help="manage model weights")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="fetch the profile's models from the Hugging "
+                                 "Face hub (or copy them from a local folder)")
+    pull.add_argument("--from", dest="source", metavar="DIR",
+                      help="copy snapshots from this folder instead of downloading")
+    pull.add_argument("--link", action="store_true",
+                      help="with --from: symlink the files instead of copying them")
+    pull.add_argument("--model", action="append", metavar="NAME",
+                      help="only this model (repeatable)")
+    pull.set_defaults(func=cmd_models_pull)
+    for p in [*sub.choices.values(), pull]:
         p.add_argument("--profile", default=argparse.SUPPRESS)
         p.add_argument("--config", default=argparse.SUPPRESS)
     args = parser.parse_args(argv)

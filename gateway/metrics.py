@@ -1,15 +1,58 @@
-"""Request-path counters and histograms (Prometheus), kept cheap to update."""
+"""Request-path counters and histograms (Prometheus), kept cheap to update.
+
+Histograms give Prometheus its quantile estimates; ``/metrics`` also wants
+exact recent percentiles, so each model keeps a small sliding window of its
+latest observations too (bounded memory, sorted only when read).
+"""
 
 from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30)
+WINDOW = 1000  # observations per model kept for exact percentiles
+MAX_REASONS = 32  # distinct route reasons before the rest count as "other"
+PERCENTILES = (50, 90, 99)
+
+
+class Window:
+    """The latest ``size`` observations; nearest-rank percentiles on demand."""
+
+    def __init__(self, size: int = WINDOW) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+        self.count = 0  # all observations ever, not only those still in the window
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+        self.count += 1
+
+    def summary(self) -> dict[str, float | int | None]:
+        ordered = sorted(self.values)
+        out: dict[str, float | int | None] = {"count": self.count, "window": len(ordered)}
+        for q in PERCENTILES:
+            out[f"p{q}"] = _nearest_rank(ordered, q)
+        return out
+
+
+def _nearest_rank(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return round(ordered[rank - 1], 6)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, models: Iterable[str] | None = None) -> None:
+        # Labels come from bounded sets; anything else is folded into "other".
+        self.models = frozenset(models) if models is not None else None
+        self._reasons: set[str] = set()
+        self.ttft_window: dict[str, Window] = {}
+        self.latency_window: dict[str, Window] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.routes = Counter("zoe_route_decisions", "Routing decisions by chosen model and "
@@ -24,16 +67,49 @@ class Metrics:
         self.latency = Histogram("zoe_request_latency_seconds", "End-to-end request latency",
                                  ["model"], buckets=LATENCY_BUCKETS, registry=r)
 
+    def _model(self, model: str) -> str:
+        return model if self.models is None or model in self.models else "other"
+
+    def _reason(self, reason: str) -> str:
+        if reason not in self._reasons:
+            if len(self._reasons) >= MAX_REASONS:
+                return "other"
+            self._reasons.add(reason)
+        return reason
+
     def routed(self, model: str, reason: str) -> None:
-        self.routes.labels(model, reason).inc()
+        self.routes.labels(self._model(model), self._reason(reason)).inc()
 
     def fallback(self, src: str, dst: str) -> None:
-        self.fallbacks.labels(src, dst).inc()
+        self.fallbacks.labels(self._model(src), self._model(dst)).inc()
 
     def first_token(self, model: str, seconds: float) -> None:
+        model = self._model(model)
         self.ttft.labels(model).observe(seconds)
+        self.ttft_window.setdefault(model, Window()).add(seconds)
 
     def request_done(self, model: str, outcome: str, seconds: float | None = None) -> None:
+        model = self._model(model)
         self.requests.labels(model, outcome).inc()
         if seconds is not None:
             self.latency.labels(model).observe(seconds)
+            self.latency_window.setdefault(model, Window()).add(seconds)
+
+    def requests_by_outcome(self) -> dict[str, dict[str, int]]:
+        """model -> outcome -> finished requests, read from the counter itself."""
+        out: dict[str, dict[str, int]] = {}
+        for family in self.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    m, o = sample.labels["model"], sample.labels["outcome"]
+                    out.setdefault(m, {})[o] = int(sample.value)
+        return out
+
+    def routes_by_reason(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for family in self.routes.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    m, r = sample.labels["model"], sample.labels["reason"]
+                    out.setdefault(m, {})[r] = int(sample.value)
+        return out

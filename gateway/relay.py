@@ -17,13 +17,12 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from gateway.admission import Admission, Busy, QueueTimeout
 from gateway.formats import Format, OpenAIFormat
 from gateway.metrics import Metrics
 from shared import protocol as p
-from shared.dispatch import Call, Dispatcher, WorkerUnavailable
+from shared.backends import Backends
+from shared.dispatch import Call, WorkerUnavailable
 
 log = logging.getLogger("zoe.gateway")
 
@@ -44,7 +43,7 @@ FALLBACK_KINDS = frozenset({p.ErrorKind.OOM, p.ErrorKind.ENGINE_DEAD})
 class Relay:
     """An ASGI app answering one request; ``models`` is the route then its fallbacks."""
 
-    dispatcher: Dispatcher
+    backends: Backends
     admission: Mapping[str, Admission]
     metrics: Metrics
     ensure_ready: EnsureReady
@@ -106,10 +105,8 @@ class Relay:
 
     async def attempt(self, send: Send, model: str, route: str) -> None:
         """One try on ``model``; raises _TryNext if the next model should take over."""
-        self.body["model"] = model
         try:
-            call = await self.dispatcher.submit(model, self.endpoint,
-                                                msgspec.json.encode(self.body), self.stream)
+            call = await self.backends.submit(model, self.endpoint, self.body, self.stream)
         except WorkerUnavailable:
             raise _TryNext(p.Error(request_id="", kind=p.ErrorKind.ENGINE_DEAD, status=503,
                                    message=f"model {model!r} is not connected",
@@ -122,7 +119,7 @@ class Relay:
                 raise _TryNext(first)
             await self.answer(send, call, first, model, route)
         finally:
-            self.dispatcher.release(call)
+            self.backends.release(call)
 
     def headers(self, model: str, route: str) -> list[tuple[bytes, bytes]]:
         return [(b"x-zoe-model", model.encode()), (b"x-zoe-route", route.encode()),

@@ -33,6 +33,7 @@ class Role(enum.Enum):
     FAST = "fast"
     TOOLS = "tools"
     VISION = "vision"
+    GENERAL = "general"  # reached by name, alias or fallback only; never a routing target
 
 
 class Provision(enum.Enum):
@@ -63,6 +64,10 @@ class ServerConfig(_Base, frozen=True):
     metrics_open: bool = True  # /metrics without a key (/health is always open)
     # Reading a request body slower than this is a slow-loris: 408.
     body_timeout_s: PositiveFloat = 30.0
+    # The same for the request line and headers (uvicorn has no such bound),
+    # and their total size (uvicorn's default parser has none either): 408, 431.
+    header_timeout_s: PositiveFloat = 10.0
+    max_header_bytes: Positive = 32 * 1024
     max_messages: Positive = 256
     max_images: Annotated[int, msgspec.Meta(ge=0)] = 4
     max_image_bytes: Positive = 8 * 1024 * 1024
@@ -108,10 +113,28 @@ class RoutingConfig(_Base, frozen=True):
     reasoning_role: Role = Role.TOOLS
 
 
+class Backend(enum.Enum):
+    """Who serves a model: our own vLLM worker process, or a server elsewhere."""
+
+    VLLM = "vllm"
+    OPENAI = "openai"  # any OpenAI-compatible server: vllm serve, llama.cpp, zoe-vllm
+    OLLAMA = "ollama"  # an Ollama server's native API
+
+
 class ModelConfig(_Base, frozen=True):
     name: ModelName
     role: Role
-    path: str
+    path: str = ""  # required for the vllm backend
+    backend: Backend = Backend.VLLM
+    # Remote backends: base URL, the model's name there, and its API key (from
+    # an environment variable or a secrets file; never written to logs).
+    url: str | None = None
+    remote_model: str | None = None
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    tls_verify: bool = True
+    connect_timeout_s: PositiveFloat = 5.0
+    read_timeout_s: PositiveFloat = 300.0
     aliases: list[ModelName] = []
     description: str = ""
     provision: Provision = Provision.NONE
@@ -195,6 +218,10 @@ class LoadedConfig:
     def model_path(self, model: ModelConfig) -> Path:
         return Path(os.path.expanduser(_expand_vars(model.path.replace(
             "{models}", str(self.expand(self.config.paths.models))))))
+
+    def url(self, model: ModelConfig) -> str:
+        """A remote model's base URL, ``${VAR:-default}`` expanded."""
+        return _expand_vars(model.url or "").rstrip("/")
 
     def chat_template_path(self, model: ModelConfig) -> Path | None:
         if model.chat_template is None:
@@ -302,6 +329,14 @@ def _check(config: Config, where: str) -> None:
                 fail(f"`$.models[{i}].fallback` {m.fallback!r} is not a configured model")
             if m.fallback == m.name:
                 fail(f"`$.models[{i}].fallback` points at the model itself")
+        if m.backend is Backend.VLLM and not m.path:
+            fail(f"`$.models[{i}].path` is required for the vllm backend")
+        if m.backend is not Backend.VLLM:
+            if not m.url or not _expand_vars(m.url).startswith(("http://", "https://")):
+                fail(f"`$.models[{i}].url` must be an http(s) URL for the "
+                     f"{m.backend.value} backend")
+            if m.on_demand:
+                fail(f"`$.models[{i}]`: a remote ({m.backend.value}) model cannot be on_demand")
         if m.swap_out is not None:
             if not m.on_demand:
                 fail(f"`$.models[{i}].swap_out` needs `on_demand: true`")
@@ -314,7 +349,7 @@ def _check(config: Config, where: str) -> None:
                  f"< max_model_len ({m.max_model_len}) needs enable_chunked_prefill: true")
     _check_fallback_cycles(config, fail)
     roles = [m.role for m in config.models]
-    for role in Role:
+    for role in (Role.FAST, Role.TOOLS, Role.VISION):
         if roles.count(role) > 1:
             fail(f"more than one model has role {role.value!r}")
 

@@ -39,6 +39,13 @@ def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> 
             argv += ["--gpu-memory-utilization", str(model.gpu_memory_utilization)]
         else:
             argv += ["--kv-cache-memory-bytes", str(int(model.kv_cache_gib * GIB))]
+            fraction = own_memory_fraction(cfg, model)
+            if fraction is not None:
+                # vLLM refuses to start unless free memory >= total x
+                # gpu_memory_utilization (default 0.92), even with an explicit KV
+                # budget, so a second worker on the device never would: request
+                # this worker's own footprint instead.
+                argv += ["--gpu-memory-utilization", f"{fraction:.3f}"]
     if model.tool_call_parser:
         # Strict schemas make `required`/named tool_choice produce valid calls
         # even from a small model (measured with SmolLM2, see DESIGN.md).
@@ -50,6 +57,23 @@ def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> 
     if model.role is Role.VISION:
         argv += ["--limit-mm-per-prompt", f'{{"image": {model.limit_images_per_prompt}}}']
     return argv
+
+
+def own_memory_fraction(cfg: LoadedConfig, model: ModelConfig) -> float | None:
+    """This worker's weights + KV + CUDA runtime as a fraction of the device's memory,
+    or None where either is unknown (then vLLM's default applies)."""
+    from shared import budget, platform
+
+    memory = platform.device_memory()
+    try:
+        weights, _ = budget.weights(model, cfg.model_path(model))
+    except budget.BudgetError:
+        return None
+    if memory is None or memory.total_bytes <= 0:
+        return None
+    kind = budget.MemoryKind.UNIFIED if platform.jetson_release() else budget.MemoryKind.DISCRETE
+    cuda = budget.OVERHEADS[kind].cuda_gib
+    return budget.requested_fraction(weights + model.kv_cache_gib + cuda, memory.total_gib)
 
 
 def engine_env(model: ModelConfig, *, accelerator: bool) -> dict[str, str]:

@@ -133,6 +133,9 @@ class Stats(msgspec.Struct, frozen=True):
     kv_cache_usage: float = 0.0
     prefix_cache_hit_rate: float = 0.0
     active_requests: int = 0
+    # Since this worker process started (warm-up and health probes included).
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
 
 
 Message = (

@@ -44,6 +44,8 @@ class EngineStats:
         self.kv_cache_usage = 0.0
         self._prefix_queries = 0
         self._prefix_hits = 0
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
         self.on_change = on_change
         self.updated_at = 0.0
 
@@ -51,12 +53,24 @@ class EngineStats:
         hit_rate = self._prefix_hits / self._prefix_queries if self._prefix_queries else 0.0
         return Stats(model=self.model, running=self.running, waiting=self.waiting,
                      kv_cache_usage=self.kv_cache_usage, prefix_cache_hit_rate=hit_rate,
-                     active_requests=active_requests)
+                     active_requests=active_requests, prompt_tokens=self.prompt_tokens,
+                     generation_tokens=self.generation_tokens)
 
-    def record(self, scheduler_stats: Any) -> None:
+    def record(self, scheduler_stats: Any, iteration_stats: Any = None) -> None:
+        tokens = 0
+        if iteration_stats is not None:
+            # Counted here, not from responses: streams carry usage only on request.
+            prompt = int(iteration_stats.num_prompt_tokens)
+            generated = int(iteration_stats.num_generation_tokens)
+            self.prompt_tokens += prompt
+            self.generation_tokens += generated
+            tokens = prompt + generated
         if scheduler_stats is None:
+            if tokens and self.on_change is not None:
+                self.on_change()
             return
-        changed = (scheduler_stats.num_running_reqs, scheduler_stats.num_waiting_reqs) != (
+        changed = bool(tokens) or (
+            scheduler_stats.num_running_reqs, scheduler_stats.num_waiting_reqs) != (
             self.running, self.waiting)
         self.running = scheduler_stats.num_running_reqs
         self.waiting = scheduler_stats.num_waiting_reqs
@@ -79,7 +93,7 @@ class EngineStats:
 
             def record(self, scheduler_stats: Any, iteration_stats: Any,
                        mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
-                stats.record(scheduler_stats)
+                stats.record(scheduler_stats, iteration_stats)
 
             def log_engine_initialized(self) -> None:
                 pass

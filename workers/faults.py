@@ -12,6 +12,8 @@ so a test can arm and disarm faults on a running worker::
   process exits hard right after the first streamed chunk, as a segfault or
   the kernel's OOM killer would.
 - ``probe: "fail" | "hang"``: health probes fail at once, or never answer.
+- ``crash_on_start: true``: the worker exits as soon as it starts (a broken
+  install or model), so the supervisor's give-up rule can be seen.
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ class Faults:
         for h in logging.getLogger().handlers:
             h.flush()
         os._exit(137)
+
+    def on_start(self) -> None:
+        if self.current().get("crash_on_start"):
+            log.error("injected fault: crashing at start")
+            os._exit(3)
 
     async def before_probe(self) -> None:
         mode = self.current().get("probe")

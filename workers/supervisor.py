@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from shared import protocol as p
-from shared.config import LoadedConfig, ModelConfig
+from shared.backends import Backends
+from shared.config import Backend, LoadedConfig, ModelConfig
 from shared.dispatch import Dispatcher, WorkerUnavailable
 from shared.engine_args import engine_env, has_accelerator
+from shared.remote import RemoteBackend
 from workers import lifecycle
 from workers.backoff import RestartPolicy
 from workers.lifecycle import State
@@ -71,6 +73,7 @@ class WorkerInfo:
     last_error: str = ""
     swapped_in: int = 0
     swapped_out: int = 0
+    unloaded: bool = False  # by a client (Ollama keep_alive): its next request loads it
     stats: p.Stats | None = None
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))
     transitions: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -124,6 +127,9 @@ class Supervisor:
         cfg.logs_dir.mkdir(parents=True, exist_ok=True)
         self.endpoint = f"ipc://{cfg.run_dir / 'workers.sock'}"
         self.dispatcher = Dispatcher(self.endpoint, self.on_message)
+        self.remotes = {m.name: RemoteBackend(cfg, m) for m in cfg.models
+                        if m.backend is not Backend.VLLM}
+        self.backends = Backends(self.dispatcher, self.remotes)
         self.workers = {m.name: WorkerHandle(self, m) for m in cfg.models}
         self.listeners: list[Callable[[Event], None]] = []
         self._probe_waiters: dict[int, asyncio.Future[p.ProbeResult]] = {}
@@ -148,7 +154,10 @@ class Supervisor:
     async def start(self) -> None:
         """Bind the link and start every model that is not loaded on demand."""
         self.dispatcher.start()
-        eager = [w for w in self.workers.values() if not w.model.on_demand]
+        for name in self.remotes:
+            self.spawn_task(self._watch_remote(self.workers[name]))
+        eager = [w for w in self.workers.values()
+                 if not w.model.on_demand and w.model.name not in self.remotes]
         if self.cfg.config.supervisor.sequential_start:
             # On a GPU the engine sizes itself from free memory: one at a time.
             self.spawn_task(self._start_in_order(eager))
@@ -168,6 +177,8 @@ class Supervisor:
         await asyncio.gather(*(self.stop_worker(n, "server shutting down")
                                for n in self.workers), return_exceptions=True)
         await self.dispatcher.close()
+        for remote in self.remotes.values():
+            await remote.close()
 
     def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
         task: asyncio.Task[Any] = asyncio.create_task(coro)
@@ -218,11 +229,16 @@ class Supervisor:
         logf = open(self.log_path(w.model.name), "ab")  # noqa: SIM115, ASYNC230 - local, tiny
         try:
             w.expected_exit = False
+            w.info.unloaded = False
             w.exited.clear()
             w.set_state(State.STARTING, reason)
             w.info.stage, w.info.detail = "spawning", ""
+            # ZOE_VLLM_WORKER_MODULE swaps in another module speaking the same
+            # protocol (benchmarks and tests only: bench/echo_worker.py, a worker
+            # without a model, isolates the gateway's own overhead).
+            module = os.environ.get("ZOE_VLLM_WORKER_MODULE") or "workers.worker"
             w.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "workers.worker", "--config", str(self.cfg.source),
+                sys.executable, "-m", module, "--config", str(self.cfg.source),
                 "--model", w.model.name, "--endpoint", self.endpoint,
                 stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
                 env=env, start_new_session=True)
@@ -311,12 +327,29 @@ class Supervisor:
             w.info.restarts += 1
             return await self._start_locked(w, reason)
 
+    async def reload(self, name: str, reason: str) -> bool:
+        """An operator's reload: forget past crashes (leaving FAILED), then restart."""
+        self.workers[name].policy.reset()
+        return await self.restart_worker(name, reason)
+
     # ----- on-demand models and swaps ----------------------------------------
     def request_load(self, name: str) -> None:
-        """Start loading on-demand model ``name`` unless that is already under way."""
+        """Start loading ``name`` (on demand, or unloaded by a client) unless under way."""
         task = self._loading.get(name)
         if task is None or task.done():
-            self._loading[name] = asyncio.create_task(self.load_on_demand(name))
+            load = self.load_on_demand(name) if self.workers[name].model.on_demand else \
+                self.start_worker(name, "loaded again by a request")
+            self._loading[name] = asyncio.create_task(load)
+
+    async def unload(self, name: str, reason: str) -> None:
+        """Unload ``name`` at a client's request (drained first); the next request
+        for it loads it again (``Gateway.ensure_ready`` calls :meth:`request_load`)."""
+        w = self.workers[name]
+        async with self.swap_lock:
+            if w.state not in lifecycle.ALIVE:
+                return
+            w.info.unloaded = True
+            await self.drain_and_stop(w, reason)
 
     async def load_on_demand(self, name: str) -> bool:
         """Swap ``name`` in: drain and unload the model it displaces, then load it."""
@@ -414,7 +447,51 @@ class Supervisor:
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(w) for w in self.workers.values()
-                               if w.state is State.READY))
+                               if w.state is State.READY and w.model.name not in self.remotes))
+
+    async def _watch_remote(self, w: WorkerHandle) -> None:
+        """Probe a remote backend forever: up after one success, down after three failures.
+
+        A remote has no process to restart; while it is down requests skip it
+        (straight to the fallback chain), and it is probed more often so that
+        it comes back soon after its server does.
+        """
+        remote = self.remotes[w.model.name]
+        sup = self.cfg.config.supervisor
+        while True:
+            if not (w.state is State.READY and remote.active):
+                result = await remote.probe(sup.probe_timeout_s)
+                self._record_probe(w, result.ok, result.detail, result.seconds)
+                if result.ok and w.state is not State.READY:
+                    w.set_state(State.STARTING, f"probing {self.cfg.url(w.model)}")
+                    w.info.ready_at, w.info.ready_mono = time.time(), time.monotonic()
+                    w.info.stage, w.info.detail = "ready", ""
+                    w.set_state(State.READY, f"remote {w.model.backend.value} backend answers")
+                elif not result.ok and w.state is State.READY and \
+                        w.info.probe_failures >= PROBE_STRIKES:
+                    w.info.probe_failures = 0
+                    reason = (f"remote backend down: {PROBE_STRIKES} failed health probes "
+                              f"({result.detail})")
+                    w.info.stage, w.info.detail = "down", reason
+                    w.set_state(State.STOPPED, reason)
+            interval = sup.health_interval_s if w.state is State.READY else \
+                min(sup.health_interval_s, 5.0)
+            await asyncio.sleep(interval)
+
+    def _record_probe(self, w: WorkerHandle, ok: bool, detail: str,
+                      seconds: float | None) -> None:
+        w.info.probes_total += 1
+        w.info.last_probe_at = time.time()
+        w.info.last_probe_ok = ok
+        w.info.last_probe_seconds = seconds
+        if ok:
+            w.info.probe_failures = 0
+            return
+        w.info.probe_failures += 1
+        w.info.probe_failures_total += 1
+        w.info.last_error = f"health probe failed: {detail}"
+        log.warning("worker %s: health probe failed (%d/%d): %s", w.model.name,
+                    w.info.probe_failures, PROBE_STRIKES, detail)
 
     async def probe(self, w: WorkerHandle) -> bool | None:
         """One health probe; None when skipped because the worker is busy."""
@@ -437,17 +514,9 @@ class Supervisor:
             detail = "worker not connected"
         finally:
             self._probe_waiters.pop(pid, None)
-        w.info.probes_total += 1
-        w.info.last_probe_at = time.time()
-        w.info.last_probe_ok = ok
+        self._record_probe(w, ok, detail, w.info.last_probe_seconds if ok else None)
         if ok:
-            w.info.probe_failures = 0
             return True
-        w.info.probe_failures += 1
-        w.info.probe_failures_total += 1
-        w.info.last_error = f"health probe failed: {detail}"
-        log.warning("worker %s: health probe failed (%d/%d): %s", w.model.name,
-                    w.info.probe_failures, PROBE_STRIKES, detail)
         if w.info.probe_failures >= PROBE_STRIKES:
             w.info.probe_failures = 0
             self.spawn_task(self.restart_worker(

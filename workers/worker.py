@@ -67,6 +67,7 @@ class Worker:
         await self.send(p.Progress(model=self.model.name, stage=stage, detail=detail))
 
     async def run(self) -> None:
+        self.faults.on_start()
         self.sock.connect(self.endpoint)
         await self.send(p.Hello(model=self.model.name, pid=os.getpid()))
         t0 = time.monotonic()

@@ -147,3 +147,24 @@ def test_oom_mid_stream_is_not_retried(stack: Stack) -> None:
     stack.disarm()
     assert '"error"' in events[-2] and events[-1] == "data: [DONE]"
     stack.wait_state(CHAT, "ready", RESTART_DEADLINE_S)
+
+
+def test_repeated_fast_crashes_give_up_then_an_operator_reloads(stack: Stack) -> None:
+    pid = stack.worker(TOOLS)["pid"]
+    stack.arm({TOOLS: {"crash_on_start": True}})
+    os.kill(pid, signal.SIGKILL)
+    # Backoff 1+2+4+8 s between five crashes, then FAILED with the reason.
+    failed = stack.wait_state(TOOLS, "failed", 120)
+    assert "gave up after 5 failures" in failed["last_error"]
+    assert stack.health()["status"] == "degraded"
+    assert "-> failed (gave up" in stack.log(TOOLS)
+    # Requests for it go straight down the fallback chain.
+    r = httpx.post(f"{stack.v1}/chat/completions", timeout=60, json={
+        "model": TOOLS, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and r.headers["x-zoe-model"] == CHAT
+
+    stack.disarm()
+    r = httpx.post(f"{stack.url}/admin/models/{TOOLS}/reload", timeout=10)
+    assert r.status_code == 202 and r.json()["reloading"] is True
+    stack.wait_state(TOOLS, "ready", RESTART_DEADLINE_S)
+    assert httpx.post(f"{stack.url}/admin/models/nope/reload").status_code == 404
