@@ -77,6 +77,7 @@ class Outcome:
     exact: bool = False
     latency_s: float = 0.0
     error: str = ""
+    served_by: str | None = None  # our gateway's x-zoe-model (a fallback shows here)
 
 
 # ----- the data set ------------------------------------------------------------------
@@ -179,6 +180,7 @@ async def run_case(client: httpx.AsyncClient, url: str, model: str, tool_choice:
         out.error = f"{type(exc).__name__}: {exc}"
         return out
     out.latency_s = time.perf_counter() - t0
+    out.served_by = r.headers.get("x-zoe-model")
     if r.status_code != 200:
         out.error = f"HTTP {r.status_code}: {r.text[:200]}"
         return out

@@ -78,6 +78,9 @@ def write(result: dict[str, Any], out: Path) -> None:
     limited = f" (`--limit {result['limit']}`: a subset)" if result.get("limit") else ""
     server = ("our stack on the cpu profile, started by this run" if result["started_stack"]
               else f"the server already running at {result['url']}")
+    fallbacks = sorted({f"{o['served_by']} (for {run['model']})" for run in runs
+                        for o in run["outcomes"]
+                        if o.get("served_by") not in (None, run["model"])})
     cat_head, cat_rows = _category_rows(runs)
     case_head, case_rows = _case_rows(result)
     lines = [
@@ -107,6 +110,8 @@ def write(result: dict[str, Any], out: Path) -> None:
         "tool at all (a model limit, see DESIGN.md); with `required` the strict schemas make "
         "its calls valid, but picking the right function and values is another matter. "
         "These numbers are reported as measured.", "",
+        *([f"Some answers came from another model (fallback): {', '.join(fallbacks)}.", ""]
+          if fallbacks else []),
         "## By category", "", *table(cat_head, cat_rows),
         "## Every case", "", "<details><summary>expected and actual call per case</summary>",
         "", *table(case_head, case_rows), "</details>", "",

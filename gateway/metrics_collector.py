@@ -53,8 +53,8 @@ class GatewayCollector(Collector):
 
     def workers(self, now: float, hw: HardwareSnapshot) -> Iterator[Metric]:
         sup, adm = self.gw.sup, self.gw.admission
-        info = _gauge("zoe_model_info", "Configured models (value 1)", ["model", "role",
-                                                                       "on_demand"])
+        info = _gauge("zoe_model_info", "Configured models (value 1); backend=vllm is a "
+                      "local worker", ["model", "role", "backend", "on_demand"])
         state = _gauge("zoe_worker_state", "Worker lifecycle state: 1 for the current state, "
                        "0 for the others", ["model", "state"])
         loaded = _gauge("zoe_model_loaded", "1 when the model's worker is READY to serve")
@@ -91,11 +91,12 @@ class GatewayCollector(Collector):
         host = hw.host
         for name, w in sup.workers.items():
             i, g = w.info, adm[name]
-            info.add_metric([name, w.model.role.value, str(w.model.on_demand).lower()], 1)
+            info.add_metric([name, w.model.role.value, w.model.backend.value,
+                             str(w.model.on_demand).lower()], 1)
             for s in State:
                 state.add_metric([name, s.value], 1.0 if i.state is s else 0.0)
             loaded.add_metric([name], 1.0 if i.state is State.READY else 0.0)
-            active.add_metric([name], sup.dispatcher.active.get(name, 0))
+            active.add_metric([name], sup.backends.active(name))
             queued.add_metric([name], g.queued)
             refused.add_metric([name], g.refused)
             timeouts.add_metric([name], g.timed_out)

@@ -100,7 +100,8 @@ def nvidia_gpu(dev: Path = DEV, run: Runner = _run) -> str | None:
 
 def detect_profile(release: Path = TEGRA_RELEASE, dev: Path = DEV, run: Runner = _run,
                    device_tree_model: Path = DEVICE_TREE_MODEL) -> Detected:
-    """Jetson → ``jetson``; a discrete NVIDIA GPU → ``gpu``; anything else → ``cpu``."""
+    """Jetson → ``jetson``; a Raspberry Pi → ``ollama``; a discrete NVIDIA GPU →
+    ``gpu``; anything else → ``cpu``."""
     l4t = jetson_release(release)
     if l4t is not None:
         return Detected("jetson", f"{release} says L4T R{l4t}")
@@ -110,6 +111,9 @@ def detect_profile(release: Path = TEGRA_RELEASE, dev: Path = DEV, run: Runner =
         board = ""
     if "jetson" in board.lower():
         return Detected("jetson", f"{device_tree_model} says {board}")
+    if "raspberry pi" in board.lower():
+        # vLLM does not run here: front a local Ollama server (the seed's Pi fallback).
+        return Detected("ollama", f"{device_tree_model} says {board}")
     evidence = nvidia_gpu(dev, run)
     if evidence is not None:
         return Detected("gpu", evidence)

@@ -156,3 +156,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         out.close()
     # Stopping must leave nothing behind: no worker, no EngineCore, no engine worker.
     wait_for(lambda: not alive(tree), 30, "every worker and engine process to exit")
+
+
+@pytest.fixture(autouse=True)
+def healthy_stack_between_tests(request: pytest.FixtureRequest) -> None:
+    """Tests that use the shared stack start with no fault armed and every eager
+    worker READY, whatever an earlier test killed, unloaded or swapped."""
+    if "stack" not in request.fixturenames:
+        return
+    s: Stack = request.getfixturevalue("stack")
+    s.disarm()
+
+    def settled() -> bool:
+        workers = s.health()["workers"]
+        return all(w["state"] == "ready" for w in workers.values() if not w["on_demand"])
+    wait_for(settled, 600, "every eager worker READY before the test", every=0.5)

@@ -39,10 +39,22 @@ def test_minimal_config_gets_defaults() -> None:
     assert c.fallback_chain(cfg.config, "fast") == []
 
 
-@pytest.mark.parametrize("name", ["cpu", "jetson"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in c.PROFILES_DIR.glob("*.yaml")))
 def test_shipped_profiles_are_valid(name: str) -> None:
     cfg = c.load(profile=name)
     assert cfg.default_model.role is c.Role.FAST
+    for m in cfg.models:
+        if m.backend is c.Backend.VLLM:
+            assert m.path, f"{m.name} needs a path"
+        else:
+            assert cfg.url(m).startswith("http"), f"{m.name} needs a URL"
+
+
+def test_a_remote_model_needs_a_url() -> None:
+    with pytest.raises(c.ConfigError, match="must be an http"):
+        parse(mutate(models__1__backend="openai"))
+    with pytest.raises(c.ConfigError, match="path` is required"):
+        parse(mutate(models__0__path=""))
 
 
 def test_cpu_profile_pins_each_worker_to_its_own_core() -> None:

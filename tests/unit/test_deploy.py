@@ -57,7 +57,7 @@ def test_zoe_vllm_service_runs_safely_on_the_jetson() -> None:
     targets = [v.removesuffix(":ro").rsplit(":", 1)[1] for v in svc["volumes"]]
     assert targets == ["/opt/zoe-vllm/models", "/opt/zoe-vllm/logs", "/root/.cache",
                        "/opt/zoe-vllm/profiles", "/opt/zoe-vllm/templates",
-                       "/etc/nv_tegra_release"]
+                       "/run/jtop.sock", "/etc/nv_tegra_release"]
     assert svc["build"]["dockerfile"] == "deploy/Dockerfile.jetson"
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -264,3 +266,47 @@ def test_status_table_renders_workers(make_gateway: MakeGateway) -> None:
     assert fast[6].startswith("1m") and fast[7].endswith("ago ok") and fast[8] == "1"
     tools = re.split(r"\s{2,}", lines[4])
     assert tools[:4] == ["tools", "stopped", "-", "-"] and tools[7] == "never"
+
+
+def test_a_hung_gpu_probe_does_not_stall_the_endpoints(make_gateway: MakeGateway) -> None:
+    gw = make_gateway()
+    release = threading.Event()
+
+    class Hangs:
+        kind = "nvidia"
+
+        def read(self) -> list[GpuReading]:
+            release.wait()  # like an NVML call that never returns
+            return []
+
+        def close(self) -> None:
+            pass
+
+    mon = HardwareMonitor(lambda: {}, interval_s=0.05, gpu=Hangs(), host=lambda: HOST)
+    gw.observability.hardware = mon
+    mon.start()
+    client = TestClient(build_app(gw.cfg, gw))
+    # Should a request wait on the probe, this un-hangs it and the timing check fails.
+    safety = threading.Timer(10, release.set)
+    safety.start()
+    try:
+        def reported() -> dict[str, Any] | None:
+            t0 = time.monotonic()
+            doc: dict[str, Any] = client.get("/metrics").json()
+            assert time.monotonic() - t0 < 1, "/metrics waited on the hung probe"
+            gpu = doc["hardware"]["probes"]["gpu"]
+            return doc if "has not answered" in (gpu["error"] or "") else None
+
+        deadline = time.monotonic() + 10
+        while (doc := reported()) is None:
+            assert time.monotonic() < deadline, "the hung probe was never reported"
+        assert doc["hardware"]["memory"]["total_bytes"] == 24 * GIB  # host figures go on
+        t0 = time.monotonic()
+        text = client.get("/metrics/prometheus").text
+        assert time.monotonic() - t0 < 1, "/metrics/prometheus waited on the hung probe"
+        assert value(text, "zoe_hardware_probe_up", probe="gpu") == 0
+        assert value(text, "zoe_hardware_probe_up", probe="host") == 1
+    finally:
+        safety.cancel()
+        release.set()
+        mon.stop()

@@ -54,6 +54,12 @@ def test_a_jetson_without_release_file_is_detected_by_its_device_tree(root: Path
     assert detect(root).profile == "jetson"
 
 
+def test_a_raspberry_pi_fronts_ollama(root: Path) -> None:
+    (root / "model").write_text("Raspberry Pi 5 Model B Rev 1.0\x00")
+    found = detect(root)
+    assert found.profile == "ollama" and "Raspberry Pi 5" in found.reason
+
+
 def test_a_discrete_gpu_is_detected_by_its_device_node(root: Path) -> None:
     (root / "dev/nvidiactl").write_text("")
     (root / "dev/nvidia0").write_text("")
