@@ -8,6 +8,7 @@ Only one of them is generating at any moment.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ PROMPT = ("You are the voice of a home assistant. In a friendly tone, describe w
           "home can do for a family on a winter morning: the lights, the heating, the coffee "
           "machine, the news and the weather forecast.")
 START_TIMEOUT_S = 900
+IDLE_SETTLE_S = 3.0
 READY_LINE = re.compile(r"loaded in ([\d.]+)s, warm-up ([\d.]+)s")
 
 
@@ -52,7 +54,7 @@ class Settings:
     idle_window_s: float  # both servers idle: how much CPU does each burn?
 
 
-QUICK = Settings(rounds=1, n1=3, n8=8, max_tokens=16, warmup=1, idle_window_s=3)
+QUICK = Settings(rounds=1, n1=3, n8=8, max_tokens=16, warmup=1, idle_window_s=5)
 FULL = Settings(rounds=3, n1=20, n8=32, max_tokens=32, warmup=2, idle_window_s=10)
 
 
@@ -110,10 +112,13 @@ async def run(tmp: Path, quick: bool, progress: Progress, say: Say,
         try:
             await wait_ready(ours, "/health", START_TIMEOUT_S, all_ready)
             say(f"our stack ready in {ours.ready_s:.1f}s")
+            result = await _measure(st, {"ours": ours, "theirs": theirs}, progress, task)
+            # Both idle, after both have served the same load and settled: a server
+            # that burns CPU while idle steals it from the engines on a small box.
             progress.update(task, description="compare: idle CPU of both servers")
+            await asyncio.sleep(IDLE_SETTLE_S)
             idle = await idle_cpu_percent({"ours": ours.proc.pid, "theirs": theirs.proc.pid},
                                           st.idle_window_s)
-            result = await _measure(st, {"ours": ours, "theirs": theirs}, progress, task)
             load_s, warm_s = load_split(cfg.logs_dir / f"{CHAT_MODEL}.log")
             result["idle_cpu_percent"] = idle
             result["startup_s"] = {"ours": ours.ready_s, "theirs": theirs.ready_s,

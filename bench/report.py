@@ -158,7 +158,9 @@ def compare_section(c: dict[str, Any]) -> list[str]:
         "chunk carrying text; inter-token latency the gaps between such chunks.", "",
         *table(["metric", "ours", "vllm serve", "ours / vllm"], rows),
         f"RSS sums count shared pages once per process; PSS splits them.{split} Health "
-        "probes are off during the run (they would add generations to ours only).", "",
+        "probes are off during the run (they would add generations to ours only). CPU "
+        "while idle: each process tree over the same window after the load, both idle "
+        "(on two cores, what an idle server burns is taken from the engines).", "",
         "Output tokens/s per round (to see the machine's noise):", "",
         *table(["round", "server", "streams", "tokens/s"], per_round),
         "Engine arguments (both servers):", "", "```", " ".join(s["engine_argv"]), "```", "",

@@ -67,6 +67,7 @@ class Dispatcher:
         self.calls: dict[str, Call] = {}
         self.active: dict[str, int] = {}
         self.last_used: dict[str, float] = {}  # monotonic time of the last submit/release
+        self.last_heard: dict[str, float] = {}  # monotonic time of a worker's last message
         self._idle: dict[str, asyncio.Event] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -159,6 +160,7 @@ class Dispatcher:
                 log.warning("dropping a message of %d frames", len(frames))
                 continue
             ident, type_frame, payload = frames
+            self.last_heard[ident.decode(errors="replace")] = time.monotonic()
             try:
                 msg = p.decode(type_frame, payload)
             except p.ProtocolError as exc:

@@ -3,8 +3,8 @@
 It runs in the main process (never importing vLLM). Each worker's lifecycle
 operations (start, stop, restart) are serialized by that worker's lock, so a
 swap can never interleave with a restart. Every state change goes through
-:meth:`WorkerHandle.set_state`, which checks the transition table, logs the
-change in the main log and in the worker's own log, and records it as data.
+:meth:`workers.handle.WorkerHandle.set_state`. Health probes live in
+:mod:`workers.probes`; crash restarts, swaps and drains here.
 """
 
 from __future__ import annotations
@@ -16,108 +16,22 @@ import os
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shared import protocol as p
 from shared.backends import Backends
-from shared.config import Backend, LoadedConfig, ModelConfig
+from shared.config import Backend, LoadedConfig
 from shared.dispatch import Dispatcher, WorkerUnavailable
 from shared.engine_args import engine_env, has_accelerator
 from shared.remote import RemoteBackend
 from workers import lifecycle
-from workers.backoff import RestartPolicy
+from workers.handle import Event, WorkerHandle
 from workers.lifecycle import State
+from workers.probes import HealthProbes
 
 log = logging.getLogger("zoe.supervisor")
-
-PROBE_STRIKES = 3
-RECOVERY_PAUSE_S = 2.0
-
-
-@dataclass
-class Event:
-    at: float  # wall-clock time
-    model: str
-    old: State
-    new: State
-    reason: str
-
-
-@dataclass
-class WorkerInfo:
-    """Health as data: what /health and /metrics read."""
-
-    name: str
-    state: State = State.STOPPED
-    pid: int | None = None
-    stage: str = ""
-    detail: str = ""
-    started_at: float | None = None
-    ready_at: float | None = None
-    ready_mono: float = 0.0
-    load_seconds: float | None = None
-    warmup_seconds: float | None = None
-    max_model_len: int | None = None
-    restarts: int = 0
-    crashes: int = 0
-    probe_failures: int = 0  # consecutive
-    probe_failures_total: int = 0
-    probes_total: int = 0
-    last_probe_at: float | None = None
-    last_probe_ok: bool | None = None
-    last_probe_seconds: float | None = None
-    last_error: str = ""
-    swapped_in: int = 0
-    swapped_out: int = 0
-    unloaded: bool = False  # by a client (Ollama keep_alive): its next request loads it
-    stats: p.Stats | None = None
-    events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))
-    transitions: dict[tuple[str, str], int] = field(default_factory=dict)
-
-
-class WorkerHandle:
-    def __init__(self, sup: Supervisor, model: ModelConfig) -> None:
-        self.sup = sup
-        self.model = model
-        self.info = WorkerInfo(name=model.name)
-        self.proc: asyncio.subprocess.Process | None = None
-        self.watcher: asyncio.Task[None] | None = None
-        self.policy = RestartPolicy()
-        self.lock = asyncio.Lock()  # one lifecycle operation at a time
-        self.ready = asyncio.Event()
-        self.exited = asyncio.Event()
-        self.exited.set()
-        self.expected_exit = False
-
-    @property
-    def state(self) -> State:
-        return self.info.state
-
-    def set_state(self, new: State, reason: str = "") -> None:
-        old = self.info.state
-        if old is new:
-            return
-        lifecycle.check(old, new)
-        self.info.state = new
-        ev = Event(at=time.time(), model=self.model.name, old=old, new=new, reason=reason)
-        self.info.events.append(ev)
-        key = (old.value, new.value)
-        self.info.transitions[key] = self.info.transitions.get(key, 0) + 1
-        if new is State.READY:
-            self.ready.set()
-        else:
-            self.ready.clear()
-        line = f"worker {self.model.name}: {old.value} -> {new.value}"
-        if reason:
-            line += f" ({reason})"
-        log.info("%s", line)
-        self.sup.write_worker_log(self.model.name, line)
-        for listener in self.sup.listeners:
-            listener(ev)
 
 
 class Supervisor:
@@ -132,8 +46,7 @@ class Supervisor:
         self.backends = Backends(self.dispatcher, self.remotes)
         self.workers = {m.name: WorkerHandle(self, m) for m in cfg.models}
         self.listeners: list[Callable[[Event], None]] = []
-        self._probe_waiters: dict[int, asyncio.Future[p.ProbeResult]] = {}
-        self._probe_seq = 0
+        self.probes = HealthProbes(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.swap_lock = asyncio.Lock()  # one swap (two workers) at a time
         self.swapped_out: dict[str, str] = {}  # displaced model -> on-demand model
@@ -155,7 +68,7 @@ class Supervisor:
         """Bind the link and start every model that is not loaded on demand."""
         self.dispatcher.start()
         for name in self.remotes:
-            self.spawn_task(self._watch_remote(self.workers[name]))
+            self.spawn_task(self.probes.watch_remote(self.workers[name]))
         eager = [w for w in self.workers.values()
                  if not w.model.on_demand and w.model.name not in self.remotes]
         if self.cfg.config.supervisor.sequential_start:
@@ -164,7 +77,7 @@ class Supervisor:
         else:
             for w in eager:
                 self.spawn_task(self.start_worker(w.model.name))
-        self.spawn_task(self._probe_loop())
+        self.spawn_task(self.probes.run())
 
     async def _start_in_order(self, workers: list[WorkerHandle]) -> None:
         for w in workers:
@@ -430,98 +343,11 @@ class Supervisor:
                 w.set_state(State.READY, f"loaded in {msg.load_seconds:.1f}s, warm-up "
                                          f"{msg.warmup_seconds:.1f}s")
         elif isinstance(msg, p.ProbeResult):
-            fut = self._probe_waiters.pop(msg.probe_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+            self.probes.on_result(msg)
         elif isinstance(msg, p.Hello):
             w.info.stage = "connected"
         else:
             log.warning("unexpected %s from %s", type(msg).__name__, model)
-
-    # ----- health probes ----------------------------------------------------
-    async def _probe_loop(self) -> None:
-        interval = self.cfg.config.supervisor.health_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            await self.probe_all()
-
-    async def probe_all(self) -> None:
-        await asyncio.gather(*(self.probe(w) for w in self.workers.values()
-                               if w.state is State.READY and w.model.name not in self.remotes))
-
-    async def _watch_remote(self, w: WorkerHandle) -> None:
-        """Probe a remote backend forever: up after one success, down after three failures.
-
-        A remote has no process to restart; while it is down requests skip it
-        (straight to the fallback chain), and it is probed more often so that
-        it comes back soon after its server does.
-        """
-        remote = self.remotes[w.model.name]
-        sup = self.cfg.config.supervisor
-        while True:
-            if not (w.state is State.READY and remote.active):
-                result = await remote.probe(sup.probe_timeout_s)
-                self._record_probe(w, result.ok, result.detail, result.seconds)
-                if result.ok and w.state is not State.READY:
-                    w.set_state(State.STARTING, f"probing {self.cfg.url(w.model)}")
-                    w.info.ready_at, w.info.ready_mono = time.time(), time.monotonic()
-                    w.info.stage, w.info.detail = "ready", ""
-                    w.set_state(State.READY, f"remote {w.model.backend.value} backend answers")
-                elif not result.ok and w.state is State.READY and \
-                        w.info.probe_failures >= PROBE_STRIKES:
-                    w.info.probe_failures = 0
-                    reason = (f"remote backend down: {PROBE_STRIKES} failed health probes "
-                              f"({result.detail})")
-                    w.info.stage, w.info.detail = "down", reason
-                    w.set_state(State.STOPPED, reason)
-            interval = sup.health_interval_s if w.state is State.READY else \
-                min(sup.health_interval_s, 5.0)
-            await asyncio.sleep(interval)
-
-    def _record_probe(self, w: WorkerHandle, ok: bool, detail: str,
-                      seconds: float | None) -> None:
-        w.info.probes_total += 1
-        w.info.last_probe_at = time.time()
-        w.info.last_probe_ok = ok
-        w.info.last_probe_seconds = seconds
-        if ok:
-            w.info.probe_failures = 0
-            return
-        w.info.probe_failures += 1
-        w.info.probe_failures_total += 1
-        w.info.last_error = f"health probe failed: {detail}"
-        log.warning("worker %s: health probe failed (%d/%d): %s", w.model.name,
-                    w.info.probe_failures, PROBE_STRIKES, detail)
-
-    async def probe(self, w: WorkerHandle) -> bool | None:
-        """One health probe; None when skipped because the worker is busy."""
-        if self.dispatcher.active.get(w.model.name, 0) > 0:
-            return None
-        self._probe_seq += 1
-        pid = self._probe_seq
-        fut: asyncio.Future[p.ProbeResult] = asyncio.get_running_loop().create_future()
-        self._probe_waiters[pid] = fut
-        timeout = self.cfg.config.supervisor.probe_timeout_s
-        ok, detail = False, ""
-        try:
-            await self.dispatcher.send(w.model.name, p.Probe(probe_id=pid))
-            result = await asyncio.wait_for(fut, timeout)
-            ok, detail = result.ok, result.detail
-            w.info.last_probe_seconds = result.seconds
-        except TimeoutError:
-            detail = f"no answer within {timeout:.0f}s"
-        except WorkerUnavailable:
-            detail = "worker not connected"
-        finally:
-            self._probe_waiters.pop(pid, None)
-        self._record_probe(w, ok, detail, w.info.last_probe_seconds if ok else None)
-        if ok:
-            return True
-        if w.info.probe_failures >= PROBE_STRIKES:
-            w.info.probe_failures = 0
-            self.spawn_task(self.restart_worker(
-                w.model.name, f"{PROBE_STRIKES} failed health probes", RECOVERY_PAUSE_S))
-        return False
 
     # ----- queries ----------------------------------------------------------
     def is_ready(self, name: str) -> bool:

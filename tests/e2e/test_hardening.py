@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
 import re
@@ -114,10 +115,13 @@ async def hold(client: httpx.AsyncClient, url: str, model: str, release: asyncio
     async with client.stream("POST", f"{url}/v1/chat/completions",
                              json=long_body(model)) as r:
         if r.status_code == 200:
-            async for line in r.aiter_lines():
+            # Keep the iterator referenced: finalizing it would close the connection.
+            lines = r.aiter_lines()
+            async for line in lines:
                 if line.startswith("data:"):
                     break
             await release.wait()
+            del lines
         return r.status_code
 
 
@@ -329,6 +333,35 @@ def test_disconnect_storm_leaves_nothing_behind(stack: Stack) -> None:
     r = httpx.post(f"{stack.v1}/chat/completions", timeout=60, json={
         "model": CHAT, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
     assert r.status_code == 200, "the model must still serve after the storm"
+
+
+def test_a_worker_hung_mid_request_is_found_and_its_clients_answered(stack: Stack) -> None:
+    """SIGSTOP with a stream in flight: probes skip busy workers, but not silent ones, so
+    the client gets an error event (not an endless wait) and the worker is restarted."""
+    sup = config_of(stack).config.supervisor
+    before = stack.worker(TOOLS)
+    bound = sup.probe_timeout_s + 3 * (sup.health_interval_s + sup.probe_timeout_s) + 60
+    events: list[str] = []
+    t_stop = 0.0
+    try:
+        with httpx.Client(timeout=bound) as c, c.stream(
+                "POST", f"{stack.v1}/chat/completions", json=long_body(TOOLS)) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    events.append(line)
+                if len(events) == 3 and not t_stop:
+                    os.kill(before["pid"], signal.SIGSTOP)
+                    t_stop = time.monotonic()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(before["pid"], signal.SIGCONT)
+    answered_s = time.monotonic() - t_stop
+    assert events[-1] == "data: [DONE]" and '"error"' in events[-2], events[-3:]
+    print(f"\nhung worker: its client answered {answered_s:.1f}s after SIGSTOP")
+    after = stack.wait_state(TOOLS, "ready", 600)
+    assert after["pid"] != before["pid"] and after["restarts"] > before["restarts"]
+    assert "3 failed health probes" in stack.log(TOOLS)
 
 
 # ----- limits ---------------------------------------------------------------------------
