@@ -17,7 +17,9 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -258,12 +260,22 @@ async def start_stack(url: str, tmp: Path, config: Path | None, min_free_gib: fl
     return server
 
 
+async def check_models(client: httpx.AsyncClient, url: str, models: list[str]) -> None:
+    """Fail fast on a model the server does not serve (names and our aliases)."""
+    data = (await client.get(f"{url}/v1/models")).json().get("data", [])
+    known = {m["id"] for m in data} | {a for m in data
+                                       for a in (m.get("zoe") or {}).get("aliases", [])}
+    missing = [m for m in models if m not in known]
+    if missing:
+        raise BenchError(f"{url} does not serve {missing}; it serves {sorted(known)}")
+
+
 # ----- the run -----------------------------------------------------------------------
 async def evaluate(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     catalog = load_catalog()
     cases = spread(load_cases(CASES, catalog), args.limit)
     url = args.url.rstrip("/")
-    tmp = Path(tempfile.mkdtemp(prefix="zoe-eval-tools-"))
+    tmp = Path(tempfile.gettempdir()) / f"zoe-eval-tools-{os.getpid()}"
     server: Server | None = None
     runs: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -277,6 +289,7 @@ async def evaluate(args: argparse.Namespace, console: Console) -> dict[str, Any]
             server = await start_stack(url, tmp, args.config, args.min_free_gib, say)
         try:
             async with httpx.AsyncClient(timeout=args.timeout) as client:
+                await check_models(client, url, args.model)
                 for model in args.model:
                     for choice in args.tool_choice:
                         task = progress.add_task(f"{model}, tool_choice={choice}",
@@ -287,10 +300,15 @@ async def evaluate(args: argparse.Namespace, console: Console) -> dict[str, Any]
                         runs.append({"model": model, "tool_choice": choice,
                                      "summary": summarize(outcomes),
                                      "outcomes": [asdict(o) for o in outcomes]})
+        except BaseException:
+            if server is not None:
+                say(f"server logs kept in {tmp}")
+            raise
         finally:
             if server is not None:
                 say("stopping the stack this run started")
                 server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
     return {"runs": runs, "cases": [asdict(c) for c in cases], "url": url,
             "started_stack": server is not None, "limit": args.limit}
 

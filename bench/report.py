@@ -249,7 +249,8 @@ def recovery_section(r: dict[str, Any]) -> list[str]:
 def chart(sections: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     c, o, r = sections.get("compare"), sections.get("overhead"), sections.get("recovery")
-    colors = {"ours": "#2b7bb9", "vllm serve": "#e08a2c", "bare Starlette": "#e08a2c"}
+    colors = {"ours": "#2b7bb9", "gateway + echo worker": "#2b7bb9", "vllm serve": "#e08a2c",
+              "bare Starlette": "#e08a2c"}
     if c:
         _bars(axes[0][0], ["p50", "p90", "p99"],
               {"ours": [c["c1"][OURS]["ttft_ms"][q] for q in ("p50", "p90", "p99")],
@@ -269,8 +270,9 @@ def chart(sections: dict[str, Any], path: Path) -> None:
               "process tree memory (GiB)", colors)
     if o:
         _bars(axes[1][1], ["request p50", "request p99", "stream first byte p50"],
-              {"ours": [o["gateway"]["plain_ms"]["p50"], o["gateway"]["plain_ms"]["p99"],
-                        o["gateway"]["stream_ttfb_ms"]["p50"]],
+              {"gateway + echo worker": [o["gateway"]["plain_ms"]["p50"],
+                                         o["gateway"]["plain_ms"]["p99"],
+                                         o["gateway"]["stream_ttfb_ms"]["p50"]],
                "bare Starlette": [o["bare"]["plain_ms"]["p50"], o["bare"]["plain_ms"]["p99"],
                                   o["bare"]["stream_ttfb_ms"]["p50"]]},
               "gateway + echo worker vs bare app (ms)", colors)

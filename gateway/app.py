@@ -110,6 +110,14 @@ class Gateway:
         log.error("worker %s ran out of memory: unloading and reloading it", model)
         self.sup.spawn_task(self.sup.restart_worker(model, "out of memory", 2.0))
 
+    async def check_messages(self, messages: list[Any]) -> None:
+        """Limits every API applies to OpenAI-shaped messages (BadRequest, ImageError)."""
+        limit = self.cfg.server.max_messages
+        if len(messages) > limit:
+            raise BadRequest(400, f"{len(messages)} messages; the limit is {limit} "
+                                  "(server.max_messages)", param="messages")
+        await check_images(messages, self.image_limits)
+
     async def openai_call(self, request: Request, endpoint: p.Endpoint) -> Any:
         try:
             body = await self.read_json(request)
@@ -118,11 +126,7 @@ class Gateway:
                 if not isinstance(messages, list) or not messages:
                     raise BadRequest(400, "`messages` must be a non-empty list of messages",
                                      param="messages")
-                if len(messages) > self.cfg.server.max_messages:
-                    raise BadRequest(400, f"{len(messages)} messages; the limit is "
-                                          f"{self.cfg.server.max_messages} "
-                                          "(server.max_messages)", param="messages")
-                await check_images(messages, self.image_limits)
+                await self.check_messages(messages)
             elif "prompt" not in body:
                 raise BadRequest(400, "`prompt` is required", param="prompt")
             model = body.get("model")

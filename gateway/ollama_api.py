@@ -19,14 +19,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.app import BadRequest, Gateway
-from gateway.images import check_images
 from gateway.keep_alive import KeepAlive, parse_keep_alive
 from gateway.ollama_catalog import Catalog, tagged, tree_rss
 from gateway.ollama_format import Kind, OllamaFormat, control_answer, ollama_error_body
 from gateway.ollama_translate import (
     ChatRequest,
     GenerateRequest,
-    TranslateError,
     chat_body,
     decode,
     generate_body,
@@ -121,16 +119,12 @@ class OllamaApi:
                     return await self.load_or_unload(req.model, kind, keep_s)
                 endpoint, body = generate_body(req)
             if endpoint is p.Endpoint.CHAT:
-                limit = self.gw.cfg.server.max_messages
-                if len(body["messages"]) > limit:
-                    raise OllamaError(400, f"{len(body['messages'])} messages; the limit is "
-                                           f"{limit} (server.max_messages)")
-                await check_images(body["messages"], self.gw.image_limits)
+                await self.gw.check_messages(body["messages"])
             decision = self.gw.router.route(body)
             self.clamp_max_tokens(body, decision.model)
-        except OllamaError as exc:
+        except (OllamaError, BadRequest) as exc:
             return error(exc.status, exc.message)
-        except (TranslateError, ValueError) as exc:  # ImageError is a ValueError too
+        except ValueError as exc:  # TranslateError, ImageError, a bad keep_alive
             return error(400, str(exc))
         except UnknownModel as exc:
             return error(404, not_found(exc.name).message)

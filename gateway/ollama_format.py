@@ -4,7 +4,8 @@ The worker always streams (see :mod:`gateway.ollama_translate`), so one
 format object sees every token: it times the request itself — load (waiting
 for the model), prompt evaluation (until the first chunk), evaluation (the
 rest) — and takes the token counts from vLLM's final usage chunk. Durations
-are nanoseconds, as in Ollama.
+are nanoseconds, as in Ollama. Tool-call deltas (a name, then argument
+fragments) are collected into Ollama's whole calls with object arguments.
 """
 
 from __future__ import annotations

@@ -114,16 +114,21 @@ class Worker:
         n = self.cfg.config.supervisor.warmup_requests
         for i in range(n):
             await self.progress("warming up", f"{i + 1}/{n}")
-            result = await self.one_shot(handler, WARMUP_PROMPTS[i % len(WARMUP_PROMPTS)], 16)
+            # With logprobs: vLLM torch.compiles its token-rank kernel on first use (g++,
+            # 30-60 s on a small CPU), which would stall every live request instead.
+            result = await self.one_shot(handler, WARMUP_PROMPTS[i % len(WARMUP_PROMPTS)], 16,
+                                         logprobs=True)
             if not result:
                 raise RuntimeError(f"warm-up generation {i + 1} failed")
         return time.monotonic() - t0
 
-    async def one_shot(self, handler: Handler, prompt: str, max_tokens: int) -> bool:
+    async def one_shot(self, handler: Handler, prompt: str, max_tokens: int,
+                       logprobs: bool = False) -> bool:
         """A real generation through the serving layer; True if it produced a response."""
         body = msgspec.json.encode({
             "model": self.model.name, "max_tokens": max_tokens, "temperature": 0,
             "messages": [{"role": "user", "content": prompt}],
+            **({"logprobs": True, "top_logprobs": 1} if logprobs else {}),
         })
         rid = f"internal-{time.monotonic_ns()}"
         outcome: list[p.Message] = []
