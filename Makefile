@@ -16,7 +16,7 @@ ZOE_HOME = $${ZOE_VLLM_HOME:-$$HOME/.cache/zoe-vllm}
 DEPLOY_TOOLS := $(VENV)/.zoe-deploy-tools
 
 .PHONY: install up up-native up-compose down status logs models test test-unit lint \
-	lint-deploy check-config provision clean test-deps bench eval-tools
+	lint-deploy check-config provision clean test-deps bench eval-tools soak
 
 install: $(STAMP)
 
@@ -99,6 +99,12 @@ test-deps:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y \
 			--no-install-recommends prometheus && \
 		{ $(SUDO) invoke-rc.d prometheus stop >/dev/null 2>&1 || true; }; }
+
+# Twice the capacity in streaming clients for SOAK_MINUTES, with faults (kill -9,
+# SIGSTOP, OOM); fails if a request got no answer. See docs/reliability.md.
+SOAK_MINUTES ?= 5
+soak: install
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --out logs/soak.json
 
 test-unit: install
 	$(PY) -m pytest tests/unit

@@ -254,6 +254,13 @@ def build_app(cfg: LoadedConfig, gateway: Gateway | None = None) -> Starlette:
         return errors.openai_error(405, f"method {request.method} is not allowed on "
                                         f"{request.url.path}")
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # A bug must still answer in the API's shape (Starlette's default is plain text).
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        if request.url.path.startswith("/api/"):  # Ollama's error shape
+            return JSONResponse({"error": "internal server error"}, status_code=500)
+        return errors.openai_error(500, "internal server error", type="server_error")
+
     routes = [
         Route("/v1/chat/completions", gw.chat_completions, methods=["POST"]),
         Route("/v1/completions", gw.completions, methods=["POST"]),
@@ -268,7 +275,8 @@ def build_app(cfg: LoadedConfig, gateway: Gateway | None = None) -> Starlette:
 
     routes += ollama_routes(gw)
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={404: not_found, 405: method_not_allowed})
+                    exception_handlers={404: not_found, 405: method_not_allowed,
+                                        Exception: internal_error})
     app.state.gateway = gw
     keys = load_keys(cfg)
     if keys:

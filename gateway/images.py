@@ -38,6 +38,12 @@ class ImageLimits:
     fetch_timeout_s: float
 
 
+def is_image_part(part: Any) -> bool:
+    # `type` is client data: a list or object there must not crash the lookup.
+    return isinstance(part, dict) and isinstance(t := part.get("type"), str) and \
+        t in IMAGE_PART_TYPES
+
+
 def image_parts(messages: list[Any]) -> list[tuple[str, dict[str, Any]]]:
     """``(param path, part)`` for every image part in OpenAI-shaped messages."""
     found = []
@@ -45,7 +51,7 @@ def image_parts(messages: list[Any]) -> list[tuple[str, dict[str, Any]]]:
         content = msg.get("content") if isinstance(msg, dict) else None
         if isinstance(content, list):
             for j, part in enumerate(content):
-                if isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES:
+                if is_image_part(part):
                     found.append((f"messages[{i}].content[{j}]", part))
     return found
 

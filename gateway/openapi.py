@@ -160,7 +160,10 @@ _COMPLETION = {
     },
 }
 
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# One server-sent event: `data` is a JSON chunk in the JSON answer's shape, or "[DONE]".
+_SSE = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"], "properties": {
+        "data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}}}
 
 
 def _generation(summary: str, request: str, response: str) -> dict[str, Any]:

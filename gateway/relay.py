@@ -79,10 +79,7 @@ class Relay:
                 self.metrics.fallback(self.models[i - 1], model)
                 log.warning("falling back from %s to %s", self.models[i - 1], model)
             if not await self.ensure_ready(model):
-                last_error = p.Error(
-                    request_id="", kind=p.ErrorKind.ENGINE_DEAD, status=503,
-                    message=f"model {model!r} is not available (loading or restarting); "
-                            "try again shortly", code="model_unavailable")
+                last_error = _unavailable(model)
                 continue
             route = self.reason if i == 0 else f"fallback:{self.models[0]}"
             gate = self.admission[model]
@@ -92,6 +89,11 @@ class Relay:
                 last_error = _busy(model, gate, exc)
                 continue
             try:
+                # Check again after the queue: a worker that died meanwhile may have a
+                # successor starting up, which would never hear of a request sent now.
+                if not await self.ensure_ready(model):
+                    last_error = _unavailable(model)
+                    continue
                 await self.attempt(send, model, route)
                 return
             except _TryNext as exc:
@@ -169,6 +171,12 @@ class _TryNext(Exception):
     def __init__(self, error: p.Error) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+def _unavailable(model: str) -> p.Error:
+    return p.Error(request_id="", kind=p.ErrorKind.ENGINE_DEAD, status=503,
+                   message=f"model {model!r} is not available (loading or restarting); "
+                           "try again shortly", code="model_unavailable")
 
 
 def _busy(model: str, gate: Admission, exc: Exception) -> p.Error:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.images import IMAGE_PART_TYPES
+from gateway.images import is_image_part
 from shared.config import LoadedConfig, Role
 
 AUTO_NAMES = frozenset({"", "auto", "default"})
@@ -100,7 +100,7 @@ def _has_image(messages: list[Any]) -> bool:
             content = msg.get("content")
             if isinstance(content, list):
                 for part in content:
-                    if isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES:
+                    if is_image_part(part):
                         return True
             if msg.get("images"):  # Ollama-style
                 return True

@@ -69,6 +69,12 @@ class Handler:
         body: Any = None
         try:
             body = self.parse(req)
+            if req.endpoint is p.Endpoint.COMPLETION and _unstreamable(body):
+                await self.send(p.Error(
+                    request_id=rid, kind=p.ErrorKind.BAD_REQUEST, status=400, param="echo",
+                    message="`echo` with `logprobs` and `n` > 1 cannot be streamed (vLLM fails "
+                            "mid-stream with a KeyError); set `stream` to false or `n` to 1"))
+                return
             if before_engine is not None:
                 before_engine()
             serving = self.engine.chat if req.endpoint is p.Endpoint.CHAT else \
@@ -119,6 +125,11 @@ class Handler:
             # task was cancelled, or the stream raised) must not stay queued.
             if body is not None:
                 await self.engine.client.abort(engine_request_ids(req, body))
+
+
+def _unstreamable(body: Any) -> bool:
+    """A completion vLLM 0.32 accepts and then fails mid-stream (found by tests/e2e/test_fuzz)."""
+    return bool(body.stream and body.echo and body.logprobs is not None and (body.n or 1) > 1)
 
 
 def _from_error_response(rid: str, response: Any, streamed: bool = False) -> p.Error:

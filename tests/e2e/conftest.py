@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 900  # first start on a fresh machine also converts the model
 HEALTH_INTERVAL_S = 2.0
 REQUEST_WAIT_S = 5.0
-VISION_IDLE_S = 6.0
+VISION_IDLE_S = 15.0
 
 
 def free_port() -> int:

@@ -17,6 +17,9 @@ pytestmark = pytest.mark.e2e
 
 CHAT, TOOLS = "smollm2-135m-chat", "smollm2-135m-tools"
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+# A valid 1x1 PNG: it passes the gateway's image checks and reaches vLLM.
+TINY_PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4"
+            "nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg==")
 
 
 @pytest.fixture
@@ -171,8 +174,13 @@ BAD_REQUESTS: list[tuple[str, bytes | dict[str, Any], int, str]] = [
     ("messages wrong shape", {"messages": [{"content": "no role"}]}, 400, "role"),
     ("tools wrong type", {"messages": PARIS, "tools": "x"}, 400, "tools"),
     ("image to a text model", {"model": CHAT, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": TINY_PNG}}]}]}, 400, "multimodal"),
+    ("corrupt image", {"model": CHAT, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400,
-     "multimodal"),
+     "not a readable image"),
+    ("file:// image", {"model": CHAT, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]}, 400,
+     "unsupported image URL scheme"),
 ]
 
 

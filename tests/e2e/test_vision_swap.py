@@ -33,7 +33,8 @@ def test_image_swaps_the_vision_model_in_and_out(stack: Stack) -> None:
     assert stack.worker(VISION)["state"] == "stopped", "vision must not load at start"
     swaps_before = stack.worker(TOOLS)["swapped_out"]
 
-    r = httpx.post(f"{stack.v1}/chat/completions", json=image_chat((200, 30, 30)), timeout=400)
+    # Drain + unload the tools model, then a cold load of the vision model (slow on 2 busy cores).
+    r = httpx.post(f"{stack.v1}/chat/completions", json=image_chat((200, 30, 30)), timeout=900)
     assert r.status_code == 200, r.text
     assert r.headers["x-zoe-model"] == VISION and r.headers["x-zoe-route"] == "image"
     assert r.json()["choices"][0]["message"]["content"]
@@ -51,7 +52,8 @@ def test_image_swaps_the_vision_model_in_and_out(stack: Stack) -> None:
     assert r.headers["x-zoe-route"] == f"fallback:{TOOLS}"
 
     # A second image is served by the already-loaded vision worker.
-    r = httpx.post(f"{stack.v1}/chat/completions", json=image_chat((0, 0, 255)), timeout=120)
+    # (If a slow machine let it idle out meanwhile, this loads it again: slower, same answer.)
+    r = httpx.post(f"{stack.v1}/chat/completions", json=image_chat((0, 0, 255)), timeout=900)
     assert r.status_code == 200 and r.headers["x-zoe-model"] == VISION
 
     # Idle: vision unloads and the tools model comes back on its own.
