@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.budget_cli import budget_arguments, check_budget
+from gateway.status_table import fetch
 from shared import config as cfgmod
 
 
@@ -68,18 +69,6 @@ def _pidfile(cfg: cfgmod.LoadedConfig) -> Path:
     return cfg.run_dir / "server.pid"
 
 
-def _get_health(url: str) -> tuple[int, dict[str, Any] | None]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        with contextlib.suppress(ValueError):
-            return exc.code, json.loads(exc.read())
-        return exc.code, None
-    except (OSError, ValueError):
-        return 0, None
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -123,7 +112,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"zoe-vllm exited with code {proc.returncode}; last lines of {server_log}:")
             print("\n".join(server_log.read_text(errors="replace").splitlines()[-20:]))
             return 1
-        status, body = _get_health(f"{url}/health")
+        status, body = fetch(f"{url}/health")
         line = _progress_line(body)
         if line and line != last:
             print(f"  {line}", flush=True)
