@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -140,10 +141,23 @@ class OllamaApi:
         relay = dataclasses.replace(relay, ensure_ready=ensure_ready)
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            applied = False
+
+            async def send_then_keep(message: MutableMapping[str, Any]) -> None:
+                # Apply keep_alive before the last byte goes out, so a client that
+                # calls /api/ps right after its answer sees the new expiry.
+                nonlocal applied
+                if message["type"] == "http.response.body" and not message.get("more_body") \
+                        and not applied:
+                    applied = True
+                    self.keep.after_request(decision.model, keep_s)
+                await send(message)
+
             try:
-                await relay(scope, receive, send)
+                await relay(scope, receive, send_then_keep)
             finally:
-                self.keep.after_request(decision.model, keep_s)
+                if not applied:
+                    self.keep.after_request(decision.model, keep_s)
 
         return app
 
