@@ -3,20 +3,24 @@
 We parse the model's arguments with vLLM's ``make_arg_parser`` and wire the
 serving objects with vLLM's ``init_app_state``, exactly as ``vllm serve``
 does, so chat templates, tool parsers, structured output, stop handling and
-usage accounting are vLLM's own.
+usage accounting are vLLM's own. Every vLLM name comes through
+``workers.vllm_compat``, which finds it on vLLM 0.32 and on the Jetson base
+image's vLLM 0.14.0 alike.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.datastructures import State
-
 from shared.protocol import Stats
+from workers import vllm_compat
+
+log = logging.getLogger("zoe.worker")
 
 
 @dataclass
@@ -83,11 +87,10 @@ class EngineStats:
             self.on_change()
 
     def __call__(self, vllm_config: Any, engine_index: int = 0) -> Any:
-        from vllm.v1.metrics.loggers import StatLoggerBase
-
+        StatLoggerBase = vllm_compat.resolve("StatLoggerBase")
         stats = self
 
-        class _Logger(StatLoggerBase):  # type: ignore[misc]
+        class _Logger(StatLoggerBase):  # type: ignore[misc,valid-type]  # a class from vLLM
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
                 pass
 
@@ -102,40 +105,35 @@ class EngineStats:
 
 
 def parse_args(argv: list[str]) -> Any:
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = make_arg_parser(FlexibleArgumentParser(prog="zoe-vllm-worker"))
-    args = parser.parse_args(argv)
-    validate_parsed_serve_args(args)
+    args, dropped = vllm_compat.parse_serve_args(argv, prog="zoe-vllm-worker")
+    for flag in dropped:
+        log.warning("this vLLM has no %s: dropped (%s)", flag,
+                    vllm_compat.OPTIONAL_FLAGS[flag][1])
     return args
 
 
 @asynccontextmanager
 async def open_engine(argv: list[str], stats: EngineStats) -> AsyncIterator[Engine]:
     """Start the engine (vLLM spawns its EngineCore child) and its serving layer."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-    from vllm.usage.usage_lib import UsageContext
-    from vllm.v1.engine.async_llm import AsyncLLM
+    AsyncEngineArgs = vllm_compat.resolve("AsyncEngineArgs")
+    AsyncLLM = vllm_compat.resolve("AsyncLLM")
+    usage = vllm_compat.resolve("UsageContext").OPENAI_API_SERVER
 
     args = parse_args(argv)
     engine_args = AsyncEngineArgs.from_cli_args(args)
-    vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    vllm_config = engine_args.create_engine_config(usage_context=usage)
+    # The same keywords in 0.14.0 and 0.32 (tests/unit/test_vllm_compat.py).
     client = AsyncLLM.from_vllm_config(
         vllm_config=vllm_config,
-        usage_context=UsageContext.OPENAI_API_SERVER,
+        usage_context=usage,
         stat_loggers=[stats],
         enable_log_requests=False,
         disable_log_stats=False,
     )
     try:
         await client.reset_mm_cache()
-        state = State()
-        tasks = await client.get_supported_tasks()
-        await init_app_state(client, state, args, tasks)
-        yield Engine(client=client, chat=state.openai_serving_chat,
-                     completion=state.openai_serving_completion,
+        chat, completion = await vllm_compat.init_serving(client, args)
+        yield Engine(client=client, chat=chat, completion=completion,
                      max_model_len=int(client.model_config.max_model_len), stats=stats)
     finally:
         client.shutdown()

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared import protocol as p
+from workers import vllm_compat
 from workers.engine import Engine
 
 log = logging.getLogger("zoe.worker")
@@ -45,10 +46,8 @@ class Handler:
         self.send = send
 
     def parse(self, req: p.Request) -> Any:
-        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
-
-        cls = ChatCompletionRequest if req.endpoint is p.Endpoint.CHAT else CompletionRequest
+        cls = vllm_compat.resolve("ChatCompletionRequest" if req.endpoint is p.Endpoint.CHAT
+                                  else "CompletionRequest")
         body = cls.model_validate_json(req.body)
         # Our id becomes vLLM's, so an abort can name the engine request.
         body.request_id = req.request_id
@@ -61,9 +60,11 @@ class Handler:
         ``before_engine`` and ``on_chunk`` are fault-injection hooks (tests only).
         """
         import pydantic
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-        from vllm.v1.engine.exceptions import EngineDeadError
 
+        ErrorResponse = vllm_compat.resolve("ErrorResponse")
+        EngineDeadError = vllm_compat.resolve("EngineDeadError")
+        serving = self.engine.chat if req.endpoint is p.Endpoint.CHAT else \
+            self.engine.completion
         rid = req.request_id
         streamed = False
         body: Any = None
@@ -77,8 +78,6 @@ class Handler:
                 return
             if before_engine is not None:
                 before_engine()
-            serving = self.engine.chat if req.endpoint is p.Endpoint.CHAT else \
-                self.engine.completion
             if req.endpoint is p.Endpoint.CHAT:
                 result = await serving.create_chat_completion(body, None)
             else:
@@ -112,11 +111,8 @@ class Handler:
                                         code="out_of_memory", streamed=streamed))
             else:
                 # vLLM's own mapping: client errors (validation, bad values) -> 4xx.
-                from vllm.entrypoints.serve.exception_handling.error_response import (
-                    create_error_response,
-                )
-
-                err = _from_error_response(rid, create_error_response(exc), streamed)
+                err = _from_error_response(
+                    rid, vllm_compat.error_response(exc, serving), streamed)
                 if err.status >= 500:
                     log.exception("request %s failed", rid)
                 await self.send(err)

@@ -195,7 +195,13 @@ class Worker:
         while True:
             await self._stats_dirty.wait()
             self._stats_dirty.clear()
-            await self.send(engine.stats.snapshot(active_requests=len(self.tasks)))
+            try:
+                await self.send(engine.stats.snapshot(active_requests=len(self.tasks)))
+            except Exception:
+                # A dead relay would freeze the figures the supervisor and
+                # Prometheus show while the model keeps serving: log, go on.
+                log.exception("%s: could not relay engine statistics", self.model.name)
+                self._stats_dirty.set()
             await asyncio.sleep(0.1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -142,15 +143,19 @@ def test_disconnect_mid_stream_frees_the_engine(stack: Stack) -> None:
             "max_tokens": 1500, "stream": True, "ignore_eos": True}
     with httpx.Client(timeout=60) as c, c.stream("POST", f"{stack.v1}/chat/completions",
                                                  json=body) as r:
-        seen = 0
-        for line in r.iter_lines():
-            seen += line.startswith("data:")
-            if seen >= 3:
-                break
+        # Hold the line iterator: an abandoned one is finalized at once, and
+        # httpcore then closes the connection -- a disconnect before we mean one.
+        lines = r.iter_lines()
+        events = [line for line in itertools.islice(
+            (line for line in lines if line.startswith("data:")), 3)]
+        assert len(events) == 3, events
+
+        def running() -> bool:
+            w = stack.worker(CHAT)
+            return bool(w["active_requests"] >= 1 and w["engine"]["running"] >= 1)
         # Engine figures are relayed asynchronously (at most every 0.1 s): poll.
-        wait_for(lambda: stack.worker(CHAT)["engine"]["running"] >= 1, 10,
-                 "the request to be running in the engine before we hang up")
-    # 1500 tokens would take minutes; the abort frees the sequence at once.
+        wait_for(running, 10, "the request to be running in the engine before we hang up")
+    # 1500 tokens would take a minute; the abort frees the sequence at once.
 
     def idle() -> bool:
         w = stack.worker(CHAT)

@@ -88,13 +88,26 @@ def test_image_pins_its_base_and_installs_only_our_project() -> None:
 
 
 def test_the_image_check_knows_what_the_workers_import_from_vllm() -> None:
-    pairs = check_image.vllm_imports((REPO / "workers" / "engine.py").read_text())
-    modules = {m for m, _ in pairs}
-    assert "vllm.v1.engine.async_llm" in modules
-    assert ("vllm.entrypoints.launchers.cli_args", "make_arg_parser") in pairs
+    # Through the compat layer (its names: tests/unit/test_vllm_compat.py); a direct
+    # `from vllm... import` written in workers/ would be checked too.
+    assert check_image.direct_vllm_imports() == []
+    pairs = check_image.vllm_imports("from vllm.v1.engine.async_llm import AsyncLLM\n"
+                                     "from json import loads\n")
+    assert pairs == [("vllm.v1.engine.async_llm", "AsyncLLM")]
     assert check_image.missing_imports([("json", "loads"), ("json", "nope"),
                                         ("no_such_module_zoe", "x")]) == \
         ["json.nope", "no_such_module_zoe.x (No module named 'no_such_module_zoe')"]
+
+
+def test_the_image_check_fails_naming_what_this_vllm_lacks(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from workers import vllm_compat
+
+    monkeypatch.setattr(vllm_compat, "check", lambda: [
+        "init_app_state: none of vllm.x.init_app_state (No module named 'vllm.x')"])
+    assert check_image.main(["--profile", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "lacks what the workers use" in err and "init_app_state: none of" in err
 
 
 def test_make_up_runs_natively_here_and_the_compose_stack_on_a_jetson() -> None:
