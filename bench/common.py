@@ -23,6 +23,7 @@ import psutil
 import yaml
 
 from shared.config import PROFILES_DIR
+from shared.process_tree import members
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -108,14 +109,9 @@ class TreeMemory:
 
 def tree_memory(pid: int) -> TreeMemory:
     """RSS and PSS of ``pid`` and all its descendants."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return TreeMemory(0.0, 0.0, 0)
     rss = pss = 0
     count = 0
-    for proc in procs:
+    for proc in members(pid):
         try:
             info = proc.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -128,13 +124,8 @@ def tree_memory(pid: int) -> TreeMemory:
 
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by ``pid`` and its descendants."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
     total = 0.0
-    for proc in procs:
+    for proc in members(pid):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             t = proc.cpu_times()
             total += t.user + t.system

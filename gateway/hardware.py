@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 import psutil
 
 from gateway.gpu_probes import AutoGpuProbe, GpuProbe, GpuReading
+from shared.process_tree import tree_rss
 
 T = TypeVar("T")
 DEFAULT_INTERVAL_S = 5.0
@@ -124,20 +125,6 @@ class HostProbe:
             if pid is not None and (rss := tree_rss(pid)) is not None:
                 out[model] = rss
         return out
-
-
-def tree_rss(pid: int) -> int | None:
-    """RSS of ``pid`` and all its descendants (vLLM's EngineCore and its workers)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    total = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += proc.memory_info().rss
-    return total
 
 
 def _temperatures() -> dict[str, float]:

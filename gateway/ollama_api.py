@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from gateway.app import BadRequest, Gateway
 from gateway.keep_alive import KeepAlive, parse_keep_alive
-from gateway.ollama_catalog import Catalog, tagged, tree_rss
+from gateway.ollama_catalog import Catalog, tagged
 from gateway.ollama_format import Kind, OllamaFormat, control_answer, ollama_error_body
 from gateway.ollama_translate import (
     ChatRequest,
@@ -34,6 +34,7 @@ from gateway.relay import Receive, Scope, Send
 from gateway.router import UnknownModel
 from shared import protocol as p
 from shared.config import ModelConfig, fallback_chain
+from shared.process_tree import tree_rss
 from workers.lifecycle import State
 
 # The Ollama release whose API this mirrors: clients gate features (tools,
@@ -200,7 +201,7 @@ class OllamaApi:
             w = self.gw.sup.workers[m.name]
             if w.state not in LOADED:
                 continue
-            rss = tree_rss(w.info.pid)
+            rss = tree_rss(w.info.pid) or 0
             f = self.catalog.facts(m)
             models.append({"name": tagged(m.name), "model": tagged(m.name), "size": rss,
                            "digest": f.digest, "details": self.catalog.details(m),

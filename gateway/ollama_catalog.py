@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from shared.config import LoadedConfig, ModelConfig, Role
 
 log = logging.getLogger("zoe.gateway")
@@ -158,19 +156,3 @@ class Catalog:
             template = tok.get("chat_template")
             return template if isinstance(template, str) else ""
         return ""
-
-
-def tree_rss(pid: int | None) -> int:
-    """Resident bytes of ``pid`` and all its descendants (0 if it is gone)."""
-    if pid is None:
-        return 0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
-    return total
