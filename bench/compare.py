@@ -55,7 +55,7 @@ class Settings:
 
 
 QUICK = Settings(rounds=1, n1=3, n8=8, max_tokens=16, warmup=1, idle_window_s=5)
-FULL = Settings(rounds=3, n1=20, n8=32, max_tokens=32, warmup=2, idle_window_s=10)
+FULL = Settings(rounds=5, n1=20, n8=32, max_tokens=32, warmup=2, idle_window_s=10)
 
 
 def request_body(model: str, max_tokens: int) -> dict[str, Any]:
@@ -160,9 +160,10 @@ async def _measure(st: Settings, servers: dict[str, Server], progress: Progress,
                                                   f"{name}, {conc} stream(s)")
                 load = await run_load(urls[name], body, n, conc, tick)
                 loads[name][conc].append(load)
-                good = sum(s.tokens for s in load.samples if s.ok)
+                one = summarize([load])
                 rounds.append({"round": r + 1, "server": name, "concurrency": conc,
-                               "output_tok_s": good / load.wall_s if load.wall_s else 0.0})
+                               "output_tok_s": one["output_tok_s"],
+                               "ttft_p50_ms": one["ttft_ms"]["p50"]})
     return {"c1": {n: summarize(loads[n][1]) for n in servers},
             "c8": {n: summarize(loads[n][8]) for n in servers},
             "rounds": rounds}

@@ -7,6 +7,7 @@ much); nothing here asserts them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +52,19 @@ def targets(sections: dict[str, Any]) -> list[str]:
         ours = cmp_["c1"][OURS]["ttft_ms"]["p50"]
         theirs = cmp_["c1"][THEIRS]["ttft_ms"]["p50"]
         delta = ours - theirs
+        deltas = per_round(cmp_, 1, "ttft_p50_ms", lambda a, b: a - b)
+        spread = f"; per round {min(deltas):+.1f} to {max(deltas):+.1f} ms" if deltas else ""
         rows.append(["TTFT p50 through the gateway (1 stream)",
-                     f"{fmt(ours)} ms vs {fmt(theirs)} ms (Δ {delta:+.1f} ms)",
+                     f"{fmt(ours)} ms vs {fmt(theirs)} ms (Δ {delta:+.1f} ms{spread})",
                      f"≤ vllm serve + {TTFT_SLACK_MS:.0f} ms",
                      _verdict(delta <= TTFT_SLACK_MS, f"{delta - TTFT_SLACK_MS:.1f} ms")])
         o8 = cmp_["c8"][OURS]["output_tok_s"]
         t8 = cmp_["c8"][THEIRS]["output_tok_s"]
         r8 = o8 / t8 if t8 else math.nan
-        rows.append(["output tokens/s at 8 streams", f"{fmt(o8)} vs {fmt(t8)} ({r8:.3f}x)",
+        ratios = per_round(cmp_, 8, "output_tok_s", lambda a, b: a / b if b else math.nan)
+        spread = f"; per round {min(ratios):.3f}x to {max(ratios):.3f}x" if ratios else ""
+        rows.append(["output tokens/s at 8 streams",
+                     f"{fmt(o8)} vs {fmt(t8)} ({r8:.3f}x{spread})",
                      f"≥ {THROUGHPUT_RATIO}x vllm serve",
                      _verdict(r8 >= THROUGHPUT_RATIO, f"{THROUGHPUT_RATIO - r8:.3f}x")])
     ovh = sections.get("overhead")
@@ -75,6 +81,18 @@ def targets(sections: dict[str, Any]) -> list[str]:
         return []
     return ["## Targets", "", "Reported, never asserted (DESIGN.md, \"Performance targets\").",
             "", *table(["target", "measured", "goal", "result"], rows)]
+
+
+def per_round(cmp_: dict[str, Any], streams: int, key: str,
+              combine: Callable[[float, float], float]) -> list[float]:
+    """``combine(ours, theirs)`` of ``key`` for each round: how much the machine's noise
+    moves the comparison from one round to the next (rounds without ``key``: none)."""
+    by_round: dict[int, dict[str, float]] = {}
+    for r in cmp_.get("rounds", []):
+        if r["concurrency"] == streams and r.get(key) is not None:
+            by_round.setdefault(r["round"], {})[r["server"]] = float(r[key])
+    return [combine(v[OURS], v[THEIRS]) for _, v in sorted(by_round.items())
+            if OURS in v and THEIRS in v]
 
 
 def _verdict(ok: bool, miss: str) -> str:
@@ -142,8 +160,8 @@ def compare_section(c: dict[str, Any]) -> list[str]:
         split = (f" Our startup includes the worker's {fmt(st['ours_warmup'])} s of warm-up "
                  f"generations (engine loaded after {fmt(st['ours_load'])} s); vLLM's "
                  "server is ready without any.")
-    per_round = [[str(r["round"]), r["server"], str(r["concurrency"]), fmt(r["output_tok_s"])]
-                 for r in c["rounds"]]
+    rounds = [[str(r["round"]), r["server"], str(r["concurrency"]), fmt(r["output_tok_s"]),
+               fmt(r.get("ttft_p50_ms"))] for r in c["rounds"]]
     env = ", ".join(f"{k}={v}" for k, v in s["engine_env"].items())
     return [
         "## Gateway vs vLLM's own server", "", _mode(c), "",
@@ -161,8 +179,9 @@ def compare_section(c: dict[str, Any]) -> list[str]:
         "probes are off during the run (they would add generations to ours only). CPU "
         "while idle: each process tree over the same window after the load, both idle "
         "(on two cores, what an idle server burns is taken from the engines).", "",
-        "Output tokens/s per round (to see the machine's noise):", "",
-        *table(["round", "server", "streams", "tokens/s"], per_round),
+        "Per round (to see the machine's noise; the targets above give the spread of "
+        "ours against theirs round by round):", "",
+        *table(["round", "server", "streams", "tokens/s", "TTFT p50 (ms)"], rounds),
         "Engine arguments (both servers):", "", "```", " ".join(s["engine_argv"]), "```", "",
     ]
 
