@@ -18,6 +18,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import msgspec
 import zmq
@@ -234,6 +236,17 @@ async def amain(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run the worker on uvloop where it is installed (vLLM depends on it), as
+    ``vllm serve`` runs its front end: vLLM's output handling and serving layer
+    do several loop operations per token and stream, which uvloop makes cheaper."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zoe-vllm-worker")
     parser.add_argument("--config", required=True)
@@ -243,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.model)
     die_with_parent()
     try:
-        return asyncio.run(amain(args))
+        return run_event_loop(amain(args))
     finally:
         logging.shutdown()
 
