@@ -171,6 +171,9 @@ class ModelConfig(_Base, frozen=True):
     request_wait_s: PositiveFloat | None = None
     fallback: str | None = None
     limit_images_per_prompt: Annotated[int, msgspec.Meta(ge=0)] = 1
+    # Passed to the model's image processor (vLLM's --mm-processor-kwargs), e.g.
+    # Qwen2-VL's {"max_pixels": 1003520}: at most 1280 image tokens per picture.
+    mm_processor_kwargs: dict[str, Any] | None = None
     env: dict[str, str] = {}
 
 

@@ -8,6 +8,7 @@ on identical settings. No vLLM import here: the gateway uses this module too.
 
 from __future__ import annotations
 
+import json
 import os
 
 from shared.config import LoadedConfig, ModelConfig, Role
@@ -56,6 +57,9 @@ def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> 
         argv += ["--chat-template", str(template)]
     if model.role is Role.VISION:
         argv += ["--limit-mm-per-prompt", f'{{"image": {model.limit_images_per_prompt}}}']
+    if model.mm_processor_kwargs:
+        argv += ["--mm-processor-kwargs",
+                 json.dumps(model.mm_processor_kwargs, separators=(",", ":"), sort_keys=True)]
     return argv
 
 

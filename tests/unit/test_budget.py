@@ -178,3 +178,13 @@ def test_remote_models_take_no_local_memory(tmp_path: Path) -> None:
     cfg = c.parse(yaml.safe_dump(data), tmp_path / "p.yaml")
     (state,) = b.check(cfg, 16.0, b.MemoryKind.DISCRETE).states
     assert [m.name for m in state.models] == ["m"]
+
+
+def test_the_vision_model_caps_image_tokens_through_its_processor(
+        jetson: c.LoadedConfig) -> None:
+    argv = engine_args.engine_argv(jetson, jetson.model("qwen2-vl-7b"), accelerator=True)
+    kwargs = json.loads(argv[argv.index("--mm-processor-kwargs") + 1])
+    # 1280 tokens of 28x28 pixels: an image fits the 4096-token context with room to talk.
+    assert kwargs == {"max_pixels": 1280 * 28 * 28}
+    text = engine_args.engine_argv(jetson, jetson.model("llama-3.2-3b"), accelerator=True)
+    assert "--mm-processor-kwargs" not in text
