@@ -201,9 +201,9 @@ class Worker:
                 await self.send(engine.stats.snapshot(active_requests=len(self.tasks)))
             except Exception:
                 # A dead relay would freeze the figures the supervisor and
-                # Prometheus show while the model keeps serving: log, go on.
+                # Prometheus show while the model keeps serving: log, go on
+                # (the next change of the figures sends them again).
                 log.exception("%s: could not relay engine statistics", self.model.name)
-                self._stats_dirty.set()
             await asyncio.sleep(0.1)
 
 
