@@ -247,9 +247,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "clients": clients, "minutes": args.minutes, "logs": str(tmp),
             "supervisor": SUPERVISOR, "machine": machine()}
     finally:
-        with contextlib.suppress(ProcessLookupError):  # a stopped worker must be able to die
-            for w in (await _health_or_empty(url)).values():
-                if w.get("pid"):
+        for w in (await _health_or_empty(url)).values():
+            if w.get("pid"):
+                # A stopped worker must be able to die; one already gone must not
+                # keep the others stopped.
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(w["pid"], signal.SIGCONT)
         server.stop()
         say("server stopped")
