@@ -57,12 +57,17 @@ class Worker:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.probes: set[asyncio.Task[None]] = set()
-        self.faults = Faults.from_env(model.name)
+        self.faults = Faults.from_env(model.name, flush=self.flush_link)
         self.stopping = asyncio.Event()
         self._stats_dirty = asyncio.Event()
 
     async def send(self, msg: p.Message) -> None:
         await self.sock.send_multipart(p.encode(msg))
+
+    def flush_link(self) -> None:
+        """Block until queued messages reach the gateway (or 5 s pass); the link is
+        closed afterwards. LINGER 0 would otherwise drop them at a hard exit."""
+        self.ctx.destroy(linger=5000)
 
     async def progress(self, stage: str, detail: str = "") -> None:
         log.info("%s: %s %s", self.model.name, stage, detail)
