@@ -9,7 +9,7 @@ so a test can arm and disarm faults on a running worker::
 - ``oom_on_request: N``: the Nth request after the file last changed raises
   ``MemoryError`` before any output, as an out-of-memory engine would.
 - ``crash_mid_stream: N``: on the Nth request (counted the same way) the
-  process exits hard after its third streamed chunk, as a segfault or the
+  process exits hard after its eighth streamed chunk, as a segfault or the
   kernel's OOM killer would. Earlier chunks left decode steps before, and the
   link is flushed before the exit, so output has surely reached the client:
   a crash before that is a failure before any output, which the gateway
@@ -34,7 +34,7 @@ from shared import protocol as p
 
 log = logging.getLogger("zoe.faults")
 ENV = "ZOE_VLLM_FAULTS"
-CRASH_AFTER_CHUNKS = 3
+CRASH_AFTER_CHUNKS = 8
 
 
 @dataclass

@@ -86,7 +86,9 @@ def test_json_metrics_count_real_traffic(stack: Stack) -> None:
     lat = m["latency_seconds"]
     assert lat["count"] >= 2 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"] < 120
     assert m["state"] == "ready" and m["loaded"] is True
-    assert m["active_requests"] == 0 and m["queued"] == 0 and m["failure_count"] == 0
+    assert m["active_requests"] == 0 and m["queued"] == 0
+    # Failures count for the whole session (earlier tests inject them): none was added.
+    assert m["failure_count"] == before["failure_count"]
 
     # The seed's figures: uptime, health, last health check, hardware
     assert doc["uptime_s"] > 0 and doc["health"]["status"] == "ok"

@@ -103,7 +103,8 @@ def test_two_models_answer_concurrently(aclient: openai.AsyncOpenAI) -> None:
         text = []
         stream = await aclient.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "Tell me about cats."}],
-            max_tokens=48, stream=True, extra_body={"ignore_eos": True})
+            # Long enough (about 10 s here) that a slow start of one cannot miss the other.
+            max_tokens=200, stream=True, extra_body={"ignore_eos": True})
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 now = time.monotonic()

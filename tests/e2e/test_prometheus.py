@@ -140,6 +140,8 @@ def test_every_dashboard_query_returns_data(stack: Stack, prometheus: str) -> No
 
 def test_dashboard_values_are_real(stack: Stack, prometheus: str) -> None:
     """Not only "some data": the figures agree with the stack and the machine."""
+    wait_for(lambda: [r for r in query(prometheus, 'up{job="zoe-vllm"}')
+                      if r["value"][1] == "1"], 60, "prometheus to scrape the stack")
     traffic(stack)
     doc = httpx.get(f"{stack.url}/metrics", timeout=10).json()
     kind = doc["hardware"]["kind"]

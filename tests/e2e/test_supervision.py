@@ -64,7 +64,9 @@ def test_kill_9_mid_stream(stack: Stack) -> None:
             if killed_at and '"error"' in line:
                 error_at = time.monotonic()
     assert error_at, f"no error event after the kill; last events: {events[-3:]}"
-    assert error_at - killed_at < 1.0
+    # Seen from the process exit, not from probes (three would take over 6 s); the slack
+    # is for a 2-core box that is also running two engines.
+    assert error_at - killed_at < 5.0
     assert events[-1] == "data: [DONE]"
     assert "worker_unavailable" in events[-2]
 
@@ -110,6 +112,12 @@ def test_a_busy_worker_is_not_probed(stack: Stack) -> None:
                                                   json=long_stream(CHAT, 600)) as r:
         lines = r.iter_lines()
         wait_for(lambda: next(lines).startswith("data:"), 30, "the first chunk")
+        # A probe is counted when it ends: one sent to CHAT just before the stream began
+        # may still be running. A full round (each round waits for all its probes) later,
+        # it has been counted.
+        round_start = stack.worker(TOOLS)["probes"]["total"]
+        wait_for(lambda: stack.worker(TOOLS)["probes"]["total"] >= round_start + 2,
+                 HEALTH_INTERVAL_S * 2 + 30, "a full probe round", every=0.25)
         busy_before = stack.worker(CHAT)["probes"]["total"]
         idle_before = stack.worker(TOOLS)["probes"]["total"]
         # Two probe rounds go by: the idle worker is probed, the busy one is not.

@@ -244,7 +244,7 @@ def test_a_hung_probe_goes_stale_without_blocking_readers() -> None:
         def close(self) -> None:
             pass
 
-    mon = HardwareMonitor(lambda: {}, interval_s=0.05, gpu=HangingGpu(), host=lambda: host)
+    mon = HardwareMonitor(lambda: {}, interval_s=0.2, gpu=HangingGpu(), host=lambda: host)
     mon.start()
     try:
         wait_for(lambda: calls >= 2, 5, "the probe to hang")
@@ -252,7 +252,7 @@ def test_a_hung_probe_goes_stale_without_blocking_readers() -> None:
                         "the hung probe to be reported")
         t0 = time.monotonic()
         snap = mon.snapshot()
-        assert time.monotonic() - t0 < 0.05  # a read, not a wait
+        assert time.monotonic() - t0 < 1.0  # a read, not a wait for the hung probe
         assert snap.gpus == () and "has not answered" in (snap.probes["gpu"].error or "")
         assert snap.host == host  # the other probe carries on
     finally:

@@ -282,7 +282,7 @@ def test_a_hung_gpu_probe_does_not_stall_the_endpoints(make_gateway: MakeGateway
         def close(self) -> None:
             pass
 
-    mon = HardwareMonitor(lambda: {}, interval_s=0.05, gpu=Hangs(), host=lambda: HOST)
+    mon = HardwareMonitor(lambda: {}, interval_s=0.2, gpu=Hangs(), host=lambda: HOST)
     gw.observability.hardware = mon
     mon.start()
     client = TestClient(build_app(gw.cfg, gw))
