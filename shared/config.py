@@ -113,6 +113,14 @@ class RoutingConfig(_Base, frozen=True):
     reasoning_role: Role = Role.TOOLS
 
 
+class JsonWhitespace(enum.Enum):
+    """What structured output (JSON schemas, `format`, strict tool calls) may put
+    between JSON tokens."""
+
+    COMPACT = "compact"  # a single space at most, never newlines
+    ANY = "any"  # any run of whitespace (vLLM's default)
+
+
 class Backend(enum.Enum):
     """Who serves a model: our own vLLM worker process, or a server elsewhere."""
 
@@ -174,6 +182,9 @@ class ModelConfig(_Base, frozen=True):
     # Passed to the model's image processor (vLLM's --mm-processor-kwargs), e.g.
     # Qwen2-VL's {"max_pixels": 1003520}: at most 1280 image tokens per picture.
     mm_processor_kwargs: dict[str, Any] | None = None
+    # With ANY, a small model can pad JSON with newlines until max_tokens and hand
+    # back a cut-off answer (SmolLM2 did, on Home Assistant's structured output).
+    json_whitespace: JsonWhitespace = JsonWhitespace.COMPACT
     env: dict[str, str] = {}
 
 

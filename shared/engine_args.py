@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from shared.config import LoadedConfig, ModelConfig, Role
+from shared.config import JsonWhitespace, LoadedConfig, ModelConfig, Role
 
 GIB = 1024**3
 
@@ -57,6 +57,11 @@ def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> 
         argv += ["--chat-template", str(template)]
     if model.role is Role.VISION:
         argv += ["--limit-mm-per-prompt", f'{{"image": {model.limit_images_per_prompt}}}']
+    if model.json_whitespace is JsonWhitespace.COMPACT:
+        # vLLM takes this engine-wide only, and only with a named backend: xgrammar
+        # is the one its "auto" picks first. Ollama's grammars bound whitespace too.
+        argv += ["--structured-outputs-config",
+                 '{"backend":"xgrammar","disable_any_whitespace":true}']
     if model.mm_processor_kwargs:
         argv += ["--mm-processor-kwargs",
                  json.dumps(model.mm_processor_kwargs, separators=(",", ":"), sort_keys=True)]

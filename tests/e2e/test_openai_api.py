@@ -138,6 +138,31 @@ def test_tool_call_required_is_schema_valid(client: openai.OpenAI) -> None:
     assert isinstance(args.get("room"), str)
 
 
+CITY: Any = {"type": "object", "required": ["city", "population"],
+             "properties": {"city": {"type": "string"}, "population": {"type": "integer"}}}
+
+
+def test_structured_output_is_compact_json(client: openai.OpenAI) -> None:
+    """json_whitespace: compact (the default): no newlines for a small model to pad with."""
+    texts = [client.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}},
+        max_tokens=200, seed=seed).choices[0].message.content or "" for seed in range(3)]
+    for text in texts:
+        assert "\n" not in text and set(json.loads(text)) == {"city", "population"}, text
+
+
+def test_a_schema_the_json_backend_cannot_enforce_is_a_400(client: openai.OpenAI) -> None:
+    schema = {**CITY, "properties": {**CITY["properties"],
+                                     "population": {"type": "integer", "multipleOf": 10}}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "city", "schema": schema}}, max_tokens=20)
+    assert "not supported by xgrammar" in str(err.value), err.value
+
+
 def test_disconnect_mid_stream_frees_the_engine(stack: Stack) -> None:
     """A client that goes away must leave no running sequence in the engine."""
     body = {"model": CHAT, "messages": [{"role": "user", "content": "Write a long story."}],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 import yaml
 
@@ -188,3 +189,14 @@ def test_the_vision_model_caps_image_tokens_through_its_processor(
     assert kwargs == {"max_pixels": 1280 * 28 * 28}
     text = engine_args.engine_argv(jetson, jetson.model("llama-3.2-3b"), accelerator=True)
     assert "--mm-processor-kwargs" not in text
+
+
+def test_structured_output_is_compact_json_unless_a_model_asks_for_any_whitespace(
+        jetson: c.LoadedConfig) -> None:
+    llama = jetson.model("llama-3.2-3b")
+    argv = engine_args.engine_argv(jetson, llama, accelerator=True)
+    so = json.loads(argv[argv.index("--structured-outputs-config") + 1])
+    assert so == {"backend": "xgrammar", "disable_any_whitespace": True}
+    loose = msgspec.structs.replace(llama, json_whitespace=c.JsonWhitespace.ANY)
+    assert "--structured-outputs-config" not in engine_args.engine_argv(
+        jetson, loose, accelerator=True)
