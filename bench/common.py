@@ -241,9 +241,10 @@ def all_ready(r: httpx.Response) -> bool:
 # ----- configs --------------------------------------------------------------------
 def stack_config(tmp: Path, port: int, *, models: list[str] | None = None,
                  supervisor: dict[str, Any] | None = None,
-                 model_overrides: dict[str, Any] | None = None) -> Path:
-    """The cpu profile with our port and folders; ``models`` keeps only those."""
-    data: dict[str, Any] = yaml.safe_load((PROFILES_DIR / "cpu.yaml").read_text())
+                 model_overrides: dict[str, Any] | None = None,
+                 profile: str = "cpu") -> Path:
+    """A profile with our port and folders; ``models`` keeps only those."""
+    data: dict[str, Any] = yaml.safe_load((PROFILES_DIR / f"{profile}.yaml").read_text())
     data["server"]["port"] = port
     data["paths"]["logs"] = str(tmp / "logs")
     data["paths"]["run"] = str(tmp / "run")

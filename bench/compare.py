@@ -35,7 +35,7 @@ from bench.common import (
 from shared import config as cfgmod
 from shared.engine_args import engine_argv, engine_env, has_accelerator
 
-CHAT_MODEL = "smollm2-135m-chat"
+CHAT_MODEL = "qwen2.5-coder-0.5b-chat"
 PROMPT = ("You are the voice of a home assistant. In a friendly tone, describe what a smart "
           "home can do for a family on a winter morning: the lights, the heating, the coffee "
           "machine, the news and the weather forecast.")

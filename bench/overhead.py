@@ -220,7 +220,7 @@ def router_bodies() -> dict[str, dict[str, Any]]:
              {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
     ask = [{"role": "system", "content": "You are a helpful home assistant."}, *history]
     return {
-        "explicit name": {"model": "smollm2-135m-chat",
+        "explicit name": {"model": "qwen2.5-coder-0.5b-chat",
                           "messages": [{"role": "user", "content": "Hi there"}]},
         "alias (hermes3:8b)": {"model": "hermes3:8b",
                                "messages": [{"role": "user", "content": "Hi there"}]},

@@ -218,7 +218,8 @@ def disarm(faults: Path) -> None:
 # ----- the run --------------------------------------------------------------------------------
 def soak_config(tmp: Path) -> tuple[Path, int]:
     port = free_port()
-    path = stack_config(tmp, port, supervisor=SUPERVISOR)
+    # A reliability run: the tiny profile's SmolLM2 turns the same machinery faster.
+    path = stack_config(tmp, port, supervisor=SUPERVISOR, profile="tiny")
     return path, port
 
 

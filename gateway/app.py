@@ -30,7 +30,7 @@ from gateway.relay import Relay
 from gateway.router import Decision, Router, UnknownModel
 from gateway.security import ApiKeyMiddleware, load_keys
 from shared import protocol as p
-from shared.config import LoadedConfig, fallback_chain
+from shared.config import Backend, LoadedConfig, fallback_chain
 from workers.lifecycle import State
 from workers.supervisor import Supervisor
 
@@ -42,6 +42,11 @@ class BadRequest(Exception):
                  code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def wants_tools(body: dict[str, Any]) -> bool:
+    tools = body.get("tools")
+    return isinstance(tools, list) and bool(tools) and body.get("tool_choice") != "none"
 
 
 class Gateway:
@@ -106,6 +111,19 @@ class Gateway:
             return True
         return False
 
+    def can_call_tools(self, model: str) -> bool:
+        """A local model calls tools only with a parser; a remote backend decides for itself."""
+        m = self.cfg.model(model)
+        return m.backend is not Backend.VLLM or m.tool_call_parser is not None
+
+    def tool_models(self) -> list[str]:
+        return [m.name for m in self.cfg.models if self.can_call_tools(m.name)]
+
+    def serves_tools(self, body: dict[str, Any], model: str) -> bool:
+        """False where ``body`` offers tools to a model that cannot call them: refused
+        before anything is loaded or queued, in the client's words, not vLLM's flags."""
+        return not wants_tools(body) or self.can_call_tools(model)
+
     def on_oom(self, model: str) -> None:
         log.error("worker %s ran out of memory: unloading and reloading it", model)
         self.sup.spawn_task(self.sup.restart_worker(model, "out of memory", 2.0))
@@ -136,6 +154,11 @@ class Gateway:
             if not isinstance(stream, bool):
                 raise BadRequest(400, "`stream` must be true or false", param="stream")
             decision = self.router.route(body)
+            if not self.serves_tools(body, decision.model):
+                raise BadRequest(
+                    400, f"model {decision.model!r} does not support tools (function "
+                         f"calling); models that do: {', '.join(self.tool_models()) or 'none'}",
+                    param="tools", code="tools_not_supported")
         except BadRequest as exc:
             # A stalled body leaves the connection mid-request: close it, don't keep it alive.
             close = {"connection": "close"} if exc.status == 408 else None
@@ -153,7 +176,9 @@ class Gateway:
               decision: Decision, fmt: Format | None = None) -> Relay:
         """The ASGI app that serves a routed OpenAI-shaped ``body`` in format ``fmt``."""
         self.metrics.routed(decision.model, decision.reason)
-        chain = [decision.model, *fallback_chain(self.cfg.config, decision.model)]
+        # A fallback that cannot call the tools offered would only fail the request again.
+        chain = [decision.model, *(m for m in fallback_chain(self.cfg.config, decision.model)
+                                   if self.serves_tools(body, m))]
         return Relay(backends=self.sup.backends, admission=self.admission,
                      metrics=self.metrics,
                      ensure_ready=self.ensure_ready, on_oom=self.on_oom, endpoint=endpoint,

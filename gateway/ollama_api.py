@@ -10,6 +10,7 @@ Errors are Ollama's ``{"error": "..."}`` with its status codes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import MutableMapping
 from typing import Any
@@ -123,6 +124,8 @@ class OllamaApi:
             if endpoint is p.Endpoint.CHAT:
                 await self.gw.check_messages(body["messages"])
             decision = self.gw.router.route(body)
+            if not self.gw.serves_tools(body, decision.model):
+                raise OllamaError(400, f"{json.dumps(req.model)} does not support tools")
             self.clamp_max_tokens(body, decision.model)
         except (OllamaError, BadRequest) as exc:
             return error(exc.status, exc.message)

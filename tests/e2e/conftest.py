@@ -1,8 +1,11 @@
-"""The real stack, started once per test session on the cpu profile.
+"""The real stack, started once per test session on the tiny profile.
 
 Real worker processes, real vLLM engines on the real SmolLM2 weights, real
-ZeroMQ sockets, real HTTP. Only the port, the run/log folders, the probe
-interval and a (disarmed) fault-injection file differ from `make up`.
+ZeroMQ sockets, real HTTP. Only the profile (`tiny`: the machinery is the same
+as `cpu`'s, the model smaller, so the suite runs in CI's time), the port, the
+run/log folders, the probe interval and a (disarmed) fault-injection file differ
+from `make up`. Answer quality is tested on the cpu profile's own model in
+`test_tool_calls.py`.
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ class Stack:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
 
-def stack_config(tmp: Path, port: int) -> Path:
-    data = yaml.safe_load((PROFILES_DIR / "cpu.yaml").read_text())
+def stack_config(tmp: Path, port: int, profile: str = "tiny") -> Path:
+    data = yaml.safe_load((PROFILES_DIR / f"{profile}.yaml").read_text())
     data["server"]["port"] = port
     data["paths"]["logs"] = str(tmp / "logs")
     data["paths"]["run"] = str(tmp / "run")

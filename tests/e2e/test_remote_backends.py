@@ -33,7 +33,7 @@ class VllmServe:
     """vLLM's own OpenAI server on the SmolLM2 weights, started and stopped at will."""
 
     def __init__(self, tmp: Path) -> None:
-        cfg = cfgmod.load(profile="cpu")
+        cfg = cfgmod.load(profile="tiny")
         model = cfg.model("smollm2-135m-chat")
         self.port = free_port()
         self.argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -88,7 +88,7 @@ def stack2(stack: Stack, vllm_serve: VllmServe,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("stack2")
     port = free_port()
-    cpu = yaml.safe_load((cfgmod.PROFILES_DIR / "cpu.yaml").read_text())
+    cpu = yaml.safe_load((cfgmod.PROFILES_DIR / "tiny.yaml").read_text())
     local = next(m for m in cpu["models"] if m["name"] == "smollm2-135m-chat")
     local.update(name=LOCAL, aliases=[], cpu_cores="0")
     config: dict[str, Any] = {

@@ -57,14 +57,30 @@ def test_a_remote_model_needs_a_url() -> None:
         parse(mutate(models__0__path=""))
 
 
-def test_cpu_profile_pins_each_worker_to_its_own_core() -> None:
-    cfg = c.load(profile="cpu")
+@pytest.mark.parametrize("profile", ["cpu", "tiny"])
+def test_cpu_profiles_pin_each_worker_to_its_own_core(profile: str) -> None:
+    cfg = c.load(profile=profile)
     cores = [m.cpu_cores for m in cfg.models if not m.on_demand]
     assert len(cores) == len(set(cores)) and None not in cores
     tools = cfg.by_role(c.Role.TOOLS)
-    assert tools is not None and tools.tool_call_parser == "hermes"
+    assert tools is not None and tools.tool_call_parser == "zoe_json"
+
+
+def test_tiny_tools_model_has_a_template_that_renders_tools() -> None:
+    cfg = c.load(profile="tiny")
+    tools = cfg.by_role(c.Role.TOOLS)
+    assert tools is not None
     template = cfg.chat_template_path(tools)
     assert template is not None and template.exists()
+
+
+def test_every_cpu_text_model_is_qwen_coder_and_calls_tools() -> None:
+    cfg = c.load(profile="cpu")
+    text = [m for m in cfg.models if m.role is not c.Role.VISION]
+    assert len(text) == 2
+    assert all(m.tool_call_parser == "zoe_json" for m in text)
+    assert all(m.provision is c.Provision.QWEN25_CODER_05B_GGUF for m in text)
+    assert cfg.default_model.role is c.Role.FAST
 
 
 @pytest.mark.parametrize("text,fragment", [
