@@ -14,9 +14,9 @@ import os
 from shared.config import JsonWhitespace, LoadedConfig, ModelConfig, Role
 
 GIB = 1024**3
-# Our own tool parser (workers/tool_parser.py), registered with vLLM as a plugin.
+# Our own tool parser (workers/vllm_plugins/tool_parser.py), loaded into vLLM as a plugin.
 ZOE_TOOL_PARSER = "zoe_json"
-ZOE_TOOL_PARSER_MODULE = "workers.tool_parser"
+ZOE_TOOL_PARSER_MODULE = "workers.vllm_plugins.tool_parser"
 
 
 def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> list[str]:

@@ -9,7 +9,7 @@ tool's schema: text that merely contains JSON stays text.
 
 The scan is pure (no vLLM), and it is the same for a finished answer and for a stream: a
 stream calls it again on the text so far, sends the text it has *settled*, and holds back what
-might still turn into a call. ``workers.tool_parser`` plugs it into vLLM.
+might still turn into a call. ``workers.vllm_plugins.tool_parser`` plugs it into vLLM.
 """
 
 from __future__ import annotations
@@ -112,12 +112,12 @@ def _validator(schema: Mapping[str, Any] | None) -> Any:
         return None
     cls = jsonschema.validators.validator_for(schema)
     try:
-        cls.check_schema(schema)
+        cls.check_schema(dict(schema))
     except SchemaError:
         # vLLM accepted the request with this schema; a call we cannot check is still
         # taken only as an object of the offered name.
         return jsonschema.validators.validator_for({})({"type": "object"})
-    return cls(schema)
+    return cls(dict(schema))
 
 
 def tools_of(tools: Iterable[Any] | None) -> Tools:

@@ -10,6 +10,7 @@ from `make up`. Answer quality is tested on the cpu profile's own model in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,8 +89,12 @@ class Stack:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
 
-def stack_config(tmp: Path, port: int, profile: str = "tiny") -> Path:
+def stack_config(tmp: Path, port: int, profile: str = "tiny",
+                 models: list[str] | None = None) -> Path:
+    """``profile`` with the test's port, folders and probe timing; ``models`` keeps only those."""
     data = yaml.safe_load((PROFILES_DIR / f"{profile}.yaml").read_text())
+    if models is not None:
+        data["models"] = [m for m in data["models"] if m["name"] in models]
     data["server"]["port"] = port
     data["paths"]["logs"] = str(tmp / "logs")
     data["paths"]["run"] = str(tmp / "run")
@@ -119,9 +124,16 @@ def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("stack")
+    with running_stack(tmp_path_factory.mktemp("stack"), "tiny") as s:
+        yield s
+
+
+@contextlib.contextmanager
+def running_stack(tmp: Path, profile: str, models: list[str] | None = None) -> Iterator[Stack]:
+    """The server on ``profile`` until every eager worker is READY; stopped, with nothing
+    left behind, on exit."""
     port = free_port()
-    config_path = stack_config(tmp, port)
+    config_path = stack_config(tmp, port, profile, models)
     faults = tmp / "faults.json"
     faults.write_text("{}")
     env = {**os.environ, "ZOE_VLLM_FAULTS": str(faults), "PYTHONUNBUFFERED": "1"}

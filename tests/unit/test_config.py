@@ -66,6 +66,15 @@ def test_cpu_profiles_pin_each_worker_to_its_own_core(profile: str) -> None:
     assert tools is not None and tools.tool_call_parser == "zoe_json"
 
 
+@pytest.mark.parametrize("profile", ["jetson", "gpu"])
+def test_accelerator_profiles_use_only_vllms_own_tool_parsers(profile: str) -> None:
+    """Our parser plugin needs vLLM 0.32's hooks; the Jetson image carries vLLM 0.14."""
+    from shared.engine_args import ZOE_TOOL_PARSER
+
+    cfg = c.load(profile=profile)
+    assert all(m.tool_call_parser != ZOE_TOOL_PARSER for m in cfg.models)
+
+
 def test_tiny_tools_model_has_a_template_that_renders_tools() -> None:
     cfg = c.load(profile="tiny")
     tools = cfg.by_role(c.Role.TOOLS)

@@ -1,9 +1,9 @@
 """``zoe_json``: a vLLM tool parser for what small models write (``workers.tool_calls``).
 
 Registered with vLLM's ``ToolParserManager``, so a worker (or ``vllm serve``) uses it with
-``--tool-parser-plugin workers.tool_parser --tool-call-parser zoe_json``. ``required`` and named
-``tool_choice`` stay on vLLM's own path (the call is constrained to the schema there); this
-parser handles ``auto``.
+``--tool-parser-plugin workers.vllm_plugins.tool_parser --tool-call-parser zoe_json``.
+``required`` and named ``tool_choice`` stay on vLLM's own path (the call is constrained to
+the schema there); this parser handles ``auto``.
 
 Streaming: a fenced block or bare JSON is a call only once it is complete, so the parser holds
 back the text that might still become one and sends it, as text or as a whole call, when that
