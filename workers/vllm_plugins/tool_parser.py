@@ -2,8 +2,14 @@
 
 Registered with vLLM's ``ToolParserManager``, so a worker (or ``vllm serve``) uses it with
 ``--tool-parser-plugin workers.vllm_plugins.tool_parser --tool-call-parser zoe_json``.
-``required`` and named ``tool_choice`` stay on vLLM's own path (the call is constrained to
-the schema there); this parser handles ``auto``.
+
+Constrained decoding: the parser also registers a structural tag of its own with vLLM. Once the
+model opens a call in any of the three forms (``<tool_call>``, ```` ```json ````, or a bare
+``{"name": "``), xgrammar holds the rest of it to a tool that was offered and to that tool's
+parameter schema (the workers pass ``--tool-strict-level parameter``, so also for tools sent
+with ``strict: false``, as Home Assistant sends them). Text outside a call is free. With
+``required`` or a named tool the answer must be such a call. The measured effect is in
+``docs/benchmarks/tools.md``.
 
 Streaming: a fenced block or bare JSON is a call only once it is complete, so the parser holds
 back the text that might still become one and sends it, as text or as a whole call, when that
@@ -27,15 +33,56 @@ from vllm.entrypoints.generate.base.protocol import (
 )
 from vllm.renderers.chat_utils import make_tool_call_id
 from vllm.tool_parsers.abstract_tool_parser import ToolParser, ToolParserManager
+from vllm.tool_parsers.structural_tag_registry import (
+    get_function_parameters,
+    register_vllm_structural_tag,
+)
+from xgrammar import StructuralTag
+from xgrammar.structural_tag import (
+    AnyTextFormat,
+    JSONSchemaFormat,
+    TagFormat,
+    TagsWithSeparatorFormat,
+    TriggeredTagsFormat,
+)
 
 from workers import tool_calls
 
 NAME = "zoe_json"
+# How a call opens and closes, and the text that tells the grammar one has begun, in each form
+# the scanner reads; the JSON between is always {"name": ..., "arguments": ...}.
+CALL_FORMS = (
+    ("<tool_call>\n", "}\n</tool_call>", "<tool_call>"),
+    ("```json\n", "}\n```", "```json"),
+    ("", "}", '{"name": "'),
+)
+
+
+@register_vllm_structural_tag(NAME)
+def structural_tag(tools: list[Any], builtin_tools: list[Any], tool_choice: str,
+                   reasoning: bool, token_suffix: str = "") -> Any:
+    """vLLM's hook: the grammar for one request's tools (``tool_choice`` is auto, required
+    or forced)."""
+    del builtin_tools, reasoning, token_suffix
+    tags = [TagFormat(begin=f'{opening}{{"name": "{tool.function.name}", "arguments": ',
+                      content=JSONSchemaFormat(json_schema=get_function_parameters(
+                          tool.function)),
+                      end=closing)
+            for tool in tools for opening, closing, _ in CALL_FORMS]
+    if not tags:
+        return StructuralTag(format=AnyTextFormat())
+    if tool_choice == "auto":
+        return StructuralTag(format=TriggeredTagsFormat(
+            triggers=[trigger for _, _, trigger in CALL_FORMS], tags=tags))
+    return StructuralTag(format=TagsWithSeparatorFormat(
+        tags=tags, separator="\n", at_least_one=True,
+        stop_after_first=tool_choice == "forced"))
 
 
 @ToolParserManager.register_module(NAME)
 class ZoeJsonToolParser(ToolParser):  # type: ignore[misc]  # a class from vLLM
     engine_based_streaming = True
+    structural_tag_model = NAME
 
     def __init__(self, tokenizer: Any, tools: list[Any] | None = None) -> None:
         super().__init__(tokenizer, tools)

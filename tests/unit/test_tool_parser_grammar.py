@@ -1,0 +1,89 @@
+"""The structural tag our vLLM tool parser registers, compiled by xgrammar itself: what it lets
+a model write in ``auto`` and ``required``, and that every call it admits the scanner reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+pytest.importorskip("vllm", reason="the parser plugin runs inside vLLM")
+
+import xgrammar  # noqa: E402
+from vllm.entrypoints.openai.chat_completion.protocol import (  # noqa: E402
+    ChatCompletionToolsParam,
+)
+from xgrammar.testing import _is_grammar_accept_string  # noqa: E402
+
+from workers.tool_calls import scan, tools_of  # noqa: E402
+from workers.vllm_plugins.tool_parser import CALL_FORMS, structural_tag  # noqa: E402
+
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {"name": "turn_off_light", "parameters": {
+        "type": "object", "properties": {"area": {"type": "string",
+                                                  "enum": ["kitchen", "office"]}},
+        "required": ["area"]}}},
+    {"type": "function", "function": {"name": "GetLiveContext",
+                                      "parameters": {"type": "object", "properties": {}}}},
+]
+
+
+def grammar(choice: str) -> Any:
+    tools = [ChatCompletionToolsParam.model_validate(t) for t in TOOLS]
+    tag = structural_tag(tools, [], choice, False)
+    return xgrammar.Grammar.from_structural_tag(tag.model_dump_json())
+
+
+def accepts(g: Any, text: str) -> bool:
+    return bool(_is_grammar_accept_string(g, text))
+
+
+CALLS = [
+    '<tool_call>\n{"name": "turn_off_light", "arguments": {"area": "kitchen"}}\n</tool_call>',
+    '```json\n{"name": "turn_off_light", "arguments": {"area": "kitchen"}}\n```',
+    '{"name": "turn_off_light", "arguments": {"area": "kitchen"}}',
+    '{"name": "GetLiveContext", "arguments": {}}',
+]
+
+
+def test_one_tag_per_tool_and_form() -> None:
+    tools = [ChatCompletionToolsParam.model_validate(t) for t in TOOLS]
+    fmt = structural_tag(tools, [], "auto", False).format
+    assert len(fmt.tags) == len(TOOLS) * len(CALL_FORMS)
+    assert fmt.triggers == ["<tool_call>", "```json", '{"name": "']
+
+
+@pytest.mark.parametrize("text", CALLS)
+def test_auto_admits_each_form_and_the_scanner_reads_it(text: str) -> None:
+    assert accepts(grammar("auto"), text)
+    assert accepts(grammar("auto"), f"Sure. {text} Done.")
+    assert len(scan(text, tools_of(TOOLS), final=True).calls) == 1
+
+
+@pytest.mark.parametrize("text", [
+    "The capital of France is Paris.",
+    "Here is some code: ```python\nprint(1)\n```",
+])
+def test_auto_leaves_plain_text_free(text: str) -> None:
+    assert accepts(grammar("auto"), text)
+
+
+@pytest.mark.parametrize("text,why", [
+    ('{"name": "Joke", "arguments": {}}', "a tool that was not offered"),
+    ('{"name": "turn_off_light", "arguments": {"area": "garage"}}', "a value off the enum"),
+    ('{"name": "turn_off_light", "arguments": {}}', "a required argument missing"),
+    ('```json\n{"name": "turn_off_light", "area": "kitchen"}\n```', "arguments flattened"),
+])
+def test_auto_holds_an_opened_call_to_the_schema(text: str, why: str) -> None:
+    assert not accepts(grammar("auto"), text), why
+
+
+def test_required_must_be_calls() -> None:
+    g = grammar("required")
+    assert not accepts(g, "The capital of France is Paris.")
+    assert accepts(g, CALLS[0])
+    assert accepts(g, f"{CALLS[2]}\n{CALLS[3]}")
+    calls = scan(f"{CALLS[2]}\n{CALLS[3]}", tools_of(TOOLS), final=True).calls
+    assert [c.name for c in calls] == ["turn_off_light", "GetLiveContext"]
+    assert json.loads(calls[0].arguments_json()) == {"area": "kitchen"}
