@@ -3,7 +3,8 @@
 
 The cpu profile's two text workers (Qwen2.5-Coder-0.5B and -1.5B-Instruct, provisioned from
 their PyPI packages on first use) start once for this module; the vision worker is left out,
-as it plays no part here. Refusals of tools to a model that cannot call them use the session's tiny stack.
+as it plays no part here. Refusals of tools to a model that cannot call them use the session's
+tiny stack.
 """
 
 from __future__ import annotations

@@ -7,17 +7,14 @@ import json
 from typing import Any
 
 import pytest
-
-pytest.importorskip("vllm", reason="the parser plugin runs inside vLLM")
-
-import xgrammar  # noqa: E402
-from vllm.entrypoints.openai.chat_completion.protocol import (  # noqa: E402
+import xgrammar
+from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionToolsParam,
 )
-from xgrammar.testing import _is_grammar_accept_string  # noqa: E402
+from xgrammar.testing import _is_grammar_accept_string
 
-from workers.tool_calls import scan, tools_of  # noqa: E402
-from workers.vllm_plugins.tool_parser import CALL_FORMS, structural_tag  # noqa: E402
+from workers.tool_calls import scan, tools_of
+from workers.vllm_plugins.tool_parser import CALL_FORMS, structural_tag
 
 TOOLS: list[dict[str, Any]] = [
     {"type": "function", "function": {"name": "turn_off_light", "parameters": {

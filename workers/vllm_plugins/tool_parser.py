@@ -58,7 +58,6 @@ CALL_FORMS = (
 )
 
 
-@register_vllm_structural_tag(NAME)
 def structural_tag(tools: list[Any], builtin_tools: list[Any], tool_choice: str,
                    reasoning: bool, token_suffix: str = "") -> Any:
     """vLLM's hook: the grammar for one request's tools (``tool_choice`` is auto, required
@@ -77,6 +76,9 @@ def structural_tag(tools: list[Any], builtin_tools: list[Any], tool_choice: str,
     return StructuralTag(format=TagsWithSeparatorFormat(
         tags=tags, separator="\n", at_least_one=True,
         stop_after_first=tool_choice == "forced"))
+
+
+register_vllm_structural_tag(NAME)(structural_tag)
 
 
 @ToolParserManager.register_module(NAME)
