@@ -264,6 +264,23 @@ def recovery_section(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def assistant_section(a: dict[str, Any]) -> list[str]:
+    t, n = a["ttft_ms"], a["prompt_tokens"]
+    rows = [[label, str(n[key]), fmt(t[key]["p50"], 0), fmt(t[key]["p90"], 0)]
+            for key, label in (("short", "short question"),
+                               ("ha_first_turn", "Home Assistant system prompt, first turn "
+                                                 "(nothing cached)"),
+                               ("ha_second_turn", "the same conversation, second turn "
+                                                  "(prefix cache hit)"))]
+    return [
+        "## What a voice request waits for", "", _mode(a), "",
+        f"The cpu profile's fast model (`{a['model']}`, one core) alone, streamed, 16 tokens, "
+        f"{a['rounds']} rounds; each first turn opens with its own line, so no round reuses "
+        "another's cache. The tools model's latency per call is in [tools.md](tools.md).", "",
+        *table(["request", "prompt tokens", "TTFT p50 (ms)", "TTFT p90 (ms)"], rows),
+    ]
+
+
 # ----- the chart ---------------------------------------------------------------------
 def chart(sections: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
@@ -340,7 +357,8 @@ def write(results: dict[str, Any], out: Path) -> None:
     for name, title, render in (
             ("compare", "Gateway vs vLLM's own server", compare_section),
             ("overhead", "Gateway overhead", overhead_section),
-            ("recovery", "Model swap and recovery", recovery_section)):
+            ("recovery", "Model swap and recovery", recovery_section),
+            ("assistant", "What a voice request waits for", assistant_section)):
         if name in sections:
             lines += render(sections[name])
         else:
