@@ -44,7 +44,8 @@ def _body(model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
 
 
 async def _prompt_tokens(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> int:
-    r = await client.post(url, json={**body, "stream": False, "max_tokens": 1})
+    plain = {k: v for k, v in body.items() if k != "stream_options"}
+    r = await client.post(url, json={**plain, "stream": False, "max_tokens": 1})
     r.raise_for_status()
     return int(r.json()["usage"]["prompt_tokens"])
 
