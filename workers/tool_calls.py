@@ -82,12 +82,6 @@ class Tools:
         except Exception:  # a $ref that resolves nowhere, a recursive schema: not checkable
             return False
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._validators
-
-    def __bool__(self) -> bool:
-        return bool(self._validators)
-
     def call(self, obj: Any) -> Call | None:
         """``obj`` as a call of an offered tool with valid arguments, else None."""
         if not isinstance(obj, dict) or not set(obj) <= CALL_KEYS:

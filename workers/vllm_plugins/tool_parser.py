@@ -8,8 +8,8 @@ model opens a call (``<tool_call>``, or ``{"name": "`` anywhere, which covers th
 too), xgrammar holds the rest of it to a tool that was offered and to that tool's parameter
 schema (the workers pass ``--tool-strict-level parameter``, so also for tools sent
 with ``strict: false``, as Home Assistant sends them). Text outside a call is free. With
-``required`` or a named tool the answer must be such a call. The measured effect is in
-``docs/benchmarks/tools.md``.
+``required`` or a named tool the answer must be such a call. Measured on Home Assistant's
+requests with the 0.5B: README, "Tool calls".
 
 Streaming: a fenced block or bare JSON is a call only once it is complete, so the parser holds
 back the text that might still become one and sends it, as text or as a whole call, when that
@@ -47,9 +47,9 @@ from xgrammar.structural_tag import (
     TriggeredTagsFormat,
 )
 
+from shared.engine_args import ZOE_TOOL_PARSER as NAME
 from workers import tool_calls
 
-NAME = "zoe_json"
 # How a call opens and closes in the grammar, and the text that tells it one has begun; the JSON
 # between is always {"name": ..., "arguments": ...}. A fenced call needs no form of its own: the
 # fence is free text, and the call inside it opens with the bare trigger. Every trigger is one
