@@ -108,8 +108,10 @@ def test_hung_worker_is_detected_and_restarted(stack: Stack) -> None:
 
 
 def test_a_busy_worker_is_not_probed(stack: Stack) -> None:
+    # Long enough to outlast three probe rounds on a loaded 2-core box (a 600-token stream
+    # once ended mid-check, and the then idle worker was rightly probed).
     with httpx.Client(timeout=120) as c, c.stream("POST", f"{stack.v1}/chat/completions",
-                                                  json=long_stream(CHAT, 600)) as r:
+                                                  json=long_stream(CHAT, 1900)) as r:
         lines = r.iter_lines()
         wait_for(lambda: next(lines).startswith("data:"), 30, "the first chunk")
         # A probe is counted when it ends: one sent to CHAT just before the stream began
@@ -123,7 +125,9 @@ def test_a_busy_worker_is_not_probed(stack: Stack) -> None:
         # Two probe rounds go by: the idle worker is probed, the busy one is not.
         wait_for(lambda: stack.worker(TOOLS)["probes"]["total"] >= idle_before + 2,
                  HEALTH_INTERVAL_S * 2 + 30, "two probes of the idle worker", every=0.25)
-        assert stack.worker(CHAT)["probes"]["total"] == busy_before
+        still_busy = stack.worker(CHAT)
+        assert still_busy["active_requests"] == 1, "the stream ended before the check did"
+        assert still_busy["probes"]["total"] == busy_before
 
 
 def test_injected_oom_falls_back_and_reloads(stack: Stack) -> None:
