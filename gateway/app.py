@@ -19,29 +19,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import errors, observability
+from gateway import capabilities, embeddings, errors, observability, responses_api
 from gateway.admission import Admission
+from gateway.errors import BadRequest
 from gateway.formats import Format, OpenAIFormat
 from gateway.http_limits import HeaderLimitMiddleware
 from gateway.images import ImageError, ImageLimits, check_images
 from gateway.metrics import Metrics
 from gateway.openapi import openapi_json
 from gateway.relay import Relay
-from gateway.router import Decision, Router, UnknownModel
+from gateway.router import AUTO_NAMES, Decision, Router, UnknownModel
 from gateway.security import ApiKeyMiddleware, load_keys
 from shared import protocol as p
-from shared.config import Backend, LoadedConfig, fallback_chain
+from shared.config import Backend, LoadedConfig, Role, fallback_chain
 from workers.lifecycle import State
 from workers.supervisor import Supervisor
 
 log = logging.getLogger("zoe.gateway")
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
 
 
 def wants_tools(body: dict[str, Any]) -> bool:
@@ -139,26 +133,7 @@ class Gateway:
     async def openai_call(self, request: Request, endpoint: p.Endpoint) -> Any:
         try:
             body = await self.read_json(request)
-            if endpoint is p.Endpoint.CHAT:
-                messages = body.get("messages")
-                if not isinstance(messages, list) or not messages:
-                    raise BadRequest(400, "`messages` must be a non-empty list of messages",
-                                     param="messages")
-                await self.check_messages(messages)
-            elif "prompt" not in body:
-                raise BadRequest(400, "`prompt` is required", param="prompt")
-            model = body.get("model")
-            if model is not None and not isinstance(model, str):
-                raise BadRequest(400, "`model` must be a string", param="model")
-            stream = body.get("stream", False)
-            if not isinstance(stream, bool):
-                raise BadRequest(400, "`stream` must be true or false", param="stream")
-            decision = self.router.route(body)
-            if not self.serves_tools(body, decision.model):
-                raise BadRequest(
-                    400, f"model {decision.model!r} does not support tools (function "
-                         f"calling); models that do: {', '.join(self.tool_models()) or 'none'}",
-                    param="tools", code="tools_not_supported")
+            decision = await self.check_openai(endpoint, body)
         except BadRequest as exc:
             # A stalled body leaves the connection mid-request: close it, don't keep it alive.
             close = {"connection": "close"} if exc.status == 408 else None
@@ -170,15 +145,74 @@ class Gateway:
             return errors.openai_error(
                 404, f"The model {exc.name!r} does not exist. Known models and aliases: "
                      f"{', '.join(exc.known)}", param="model", code="model_not_found")
-        return self.relay(endpoint, body, stream, decision)
+        fmt = responses_api.ResponsesFormat() if endpoint is p.Endpoint.RESPONSES else None
+        return self.relay(endpoint, body, body.get("stream", False), decision, fmt=fmt)
+
+    async def check_openai(self, endpoint: p.Endpoint, body: dict[str, Any]) -> Decision:
+        """Everything that can be refused before a model is loaded or a slot taken; the
+        routing decision for the rest."""
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise BadRequest(400, "`model` must be a string", param="model")
+        if not isinstance(body.get("stream", False), bool):
+            raise BadRequest(400, "`stream` must be true or false", param="stream")
+        if endpoint is p.Endpoint.EMBEDDINGS:
+            decision = self.route_embeddings(model)
+            embeddings.check_openai(
+                body, max_inputs=self.cfg.server.max_embedding_inputs,
+                max_model_len=self.cfg.model(decision.model).max_model_len)
+            return decision
+        view = body
+        if endpoint is p.Endpoint.CHAT:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise BadRequest(400, "`messages` must be a non-empty list of messages",
+                                 param="messages")
+            await self.check_messages(messages)
+        elif endpoint is p.Endpoint.RESPONSES:
+            responses_api.check(body)
+            view = responses_api.chat_view(body)
+            await self.check_messages(view["messages"])
+            responses_api.restore_image_parts(body)
+        elif "prompt" not in body:
+            raise BadRequest(400, "`prompt` is required", param="prompt")
+        decision = self.router.route(view)
+        self.check_serves(decision.model, endpoint)
+        if not self.serves_tools(view, decision.model):
+            raise BadRequest(
+                400, f"model {decision.model!r} does not support tools (function "
+                     f"calling); models that do: {', '.join(self.tool_models()) or 'none'}",
+                param="tools", code="tools_not_supported")
+        return decision
+
+    def check_serves(self, model: str, endpoint: p.Endpoint) -> None:
+        m = self.cfg.model(model)
+        if not capabilities.serves(m, endpoint):
+            raise BadRequest(400, capabilities.refusal(self.cfg, m, endpoint), param="model",
+                             code="model_not_supported")
+
+    def route_embeddings(self, requested: str | None) -> Decision:
+        """The named model (which must embed), or the embedding model when none is named."""
+        if requested is None or requested.strip().lower() in AUTO_NAMES:
+            names = capabilities.models_serving(self.cfg, p.Endpoint.EMBEDDINGS)
+            if not names:
+                raise BadRequest(400, "this server has no embedding model (add one with "
+                                      "`role: embedding` to the configuration)",
+                                 param="model", code="model_not_supported")
+            embedder = self.cfg.by_role(Role.EMBEDDING)
+            return Decision(embedder.name if embedder else names[0], "default")
+        decision = self.router.route({"model": requested})
+        self.check_serves(decision.model, p.Endpoint.EMBEDDINGS)
+        return decision
 
     def relay(self, endpoint: p.Endpoint, body: dict[str, Any], stream: bool,
               decision: Decision, fmt: Format | None = None) -> Relay:
         """The ASGI app that serves a routed OpenAI-shaped ``body`` in format ``fmt``."""
         self.metrics.routed(decision.model, decision.reason)
-        # A fallback that cannot call the tools offered would only fail the request again.
+        # A fallback that cannot serve the request would only fail it again.
         chain = [decision.model, *(m for m in fallback_chain(self.cfg.config, decision.model)
-                                   if self.serves_tools(body, m))]
+                                   if self.serves_tools(body, m)
+                                   and capabilities.serves(self.cfg.model(m), endpoint))]
         return Relay(backends=self.sup.backends, admission=self.admission,
                      metrics=self.metrics,
                      ensure_ready=self.ensure_ready, on_oom=self.on_oom, endpoint=endpoint,
@@ -191,6 +225,12 @@ class Gateway:
 
     async def completions(self, request: Request) -> Any:
         return await self.openai_call(request, p.Endpoint.COMPLETION)
+
+    async def embeddings(self, request: Request) -> Any:
+        return await self.openai_call(request, p.Endpoint.EMBEDDINGS)
+
+    async def responses(self, request: Request) -> Any:
+        return await self.openai_call(request, p.Endpoint.RESPONSES)
 
     async def list_models(self, request: Request) -> Response:
         data = []
@@ -289,6 +329,8 @@ def build_app(cfg: LoadedConfig, gateway: Gateway | None = None) -> Starlette:
     routes = [
         Route("/v1/chat/completions", gw.chat_completions, methods=["POST"]),
         Route("/v1/completions", gw.completions, methods=["POST"]),
+        Route("/v1/embeddings", gw.embeddings, methods=["POST"]),
+        Route("/v1/responses", gw.responses, methods=["POST"]),
         Route("/v1/models", gw.list_models, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
         Route("/admin/models/{name}/reload", gw.reload_model, methods=["POST"]),

@@ -5,6 +5,17 @@ from __future__ import annotations
 import msgspec
 from starlette.responses import Response
 
+
+class BadRequest(Exception):
+    """A request refused before anything is routed, loaded or queued; each API writes it
+    in its own shape."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
 _TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 

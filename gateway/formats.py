@@ -17,6 +17,9 @@ from shared import protocol as p
 class Format(Protocol):
     stream_content_type: bytes
 
+    def loaded(self) -> None:
+        """The wait for the model is over (it is READY, or will not be): timing hook."""
+
     def response(self, body: bytes) -> bytes:
         """A complete (non-streaming) answer, from vLLM's JSON body."""
 
@@ -35,6 +38,9 @@ class Format(Protocol):
 
 class OpenAIFormat:
     stream_content_type = b"text/event-stream; charset=utf-8"
+
+    def loaded(self) -> None:
+        pass
 
     def response(self, body: bytes) -> bytes:
         return body

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from gateway.embeddings import usage_of
+
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30)
 WINDOW = 1000  # observations per model kept for exact percentiles
@@ -66,6 +68,10 @@ class Metrics:
                               registry=r)
         self.latency = Histogram("zoe_request_latency_seconds", "End-to-end request latency",
                                  ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.embedding_inputs = Counter("zoe_embedding_inputs", "Texts (or token lists) "
+                                        "embedded, by model", ["model"], registry=r)
+        self.embedding_tokens = Counter("zoe_embedding_tokens", "Tokens embedded (the "
+                                        "answers' usage), by model", ["model"], registry=r)
 
     def _model(self, model: str) -> str:
         return model if self.models is None or model in self.models else "other"
@@ -94,6 +100,13 @@ class Metrics:
         if seconds is not None:
             self.latency.labels(model).observe(seconds)
             self.latency_window.setdefault(model, Window()).add(seconds)
+
+    def embedded(self, model: str, body: bytes) -> None:
+        """Count an embeddings answer's inputs and tokens (read from its ``usage``)."""
+        inputs, tokens = usage_of(body)
+        model = self._model(model)
+        self.embedding_inputs.labels(model).inc(inputs)
+        self.embedding_tokens.labels(model).inc(tokens)
 
     def requests_by_outcome(self) -> dict[str, dict[str, int]]:
         """model -> outcome -> finished requests, read from the counter itself."""

@@ -9,7 +9,6 @@ Errors are Ollama's ``{"error": "..."}`` with its status codes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import MutableMapping
@@ -20,7 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.app import BadRequest, Gateway
+from gateway import capabilities, embeddings
+from gateway.app import Gateway
+from gateway.embeddings import EmbedKind
+from gateway.errors import BadRequest
 from gateway.keep_alive import KeepAlive, parse_keep_alive
 from gateway.ollama_catalog import Catalog, tagged
 from gateway.ollama_format import Kind, OllamaFormat, control_answer, ollama_error_body
@@ -31,8 +33,8 @@ from gateway.ollama_translate import (
     decode,
     generate_body,
 )
-from gateway.relay import Receive, Scope, Send
-from gateway.router import UnknownModel
+from gateway.relay import Receive, Relay, Scope, Send
+from gateway.router import Decision, UnknownModel
 from shared import protocol as p
 from shared.config import ModelConfig, fallback_chain
 from shared.process_tree import tree_rss
@@ -58,7 +60,11 @@ def error(status: int, message: str) -> Response:
 
 
 def ok(body: Any) -> Response:
-    return Response(msgspec.json.encode(body), media_type="application/json; charset=utf-8")
+    return ok_raw(msgspec.json.encode(body))
+
+
+def ok_raw(body: bytes) -> Response:
+    return Response(body, media_type="application/json; charset=utf-8")
 
 
 def not_found(name: str) -> OllamaError:
@@ -124,6 +130,8 @@ class OllamaApi:
             if endpoint is p.Endpoint.CHAT:
                 await self.gw.check_messages(body["messages"])
             decision = self.gw.router.route(body)
+            if not capabilities.serves(self.gw.cfg.model(decision.model), endpoint):
+                raise OllamaError(400, f"{json.dumps(req.model)} does not support {kind}")
             if not self.gw.serves_tools(body, decision.model):
                 raise OllamaError(400, f"{json.dumps(req.model)} does not support tools")
             self.clamp_max_tokens(body, decision.model)
@@ -134,16 +142,11 @@ class OllamaApi:
         except UnknownModel as exc:
             return error(404, not_found(exc.name).message)
         fmt = OllamaFormat(model=req.model, kind=kind, stream=req.stream)
-        relay = self.gw.relay(endpoint, body, True, decision, fmt=fmt)
-        wait = relay.ensure_ready
+        return self.keeping(self.gw.relay(endpoint, body, True, decision, fmt=fmt),
+                            decision.model, keep_s)
 
-        async def ensure_ready(model: str) -> bool:
-            ready = await wait(model)
-            fmt.loaded()
-            return ready
-
-        relay = dataclasses.replace(relay, ensure_ready=ensure_ready)
-
+    def keeping(self, relay: Relay, model: str, keep_s: float | None) -> Relay | Any:
+        """``relay``, applying the request's keep_alive to ``model`` when the answer ends."""
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             applied = False
 
@@ -154,14 +157,14 @@ class OllamaApi:
                 if message["type"] == "http.response.body" and not message.get("more_body") \
                         and not applied:
                     applied = True
-                    self.keep.after_request(decision.model, keep_s)
+                    self.keep.after_request(model, keep_s)
                 await send(message)
 
             try:
                 await relay(scope, receive, send_then_keep)
             finally:
                 if not applied:
-                    self.keep.after_request(decision.model, keep_s)
+                    self.keep.after_request(model, keep_s)
 
         return app
 
@@ -232,14 +235,40 @@ class OllamaApi:
         return Response(b"".join(msgspec.json.encode(x) + b"\n" for x in lines),
                         media_type="application/x-ndjson")
 
-    async def embed(self, request: Request) -> Response:
+    async def embed(self, request: Request) -> Any:
+        return await self.embed_as(request, "embed")
+
+    async def embeddings(self, request: Request) -> Any:
+        return await self.embed_as(request, "embeddings")
+
+    async def embed_as(self, request: Request, kind: EmbedKind) -> Any:
+        """``/api/embed`` and the legacy ``/api/embeddings``: the OpenAI embeddings path,
+        answered in Ollama's shape. No input loads the model and embeds nothing."""
         try:
             raw = await self.body(request)
-            m = self.model(raw.get("model"))
-        except OllamaError as exc:
+            req = embeddings.decode_ollama(raw, kind)
+            keep_s = parse_keep_alive(req.keep_alive)
+            m = self.model(req.model)
+            if not capabilities.serves(m, p.Endpoint.EMBEDDINGS):
+                raise OllamaError(400, f"{json.dumps(req.model)} does not support embeddings")
+            fmt = embeddings.OllamaEmbedFormat(model=req.model, kind=kind)
+            if not embeddings.ollama_inputs(req):
+                if not await self.keep.load(m.name, self.gw.ensure_ready):
+                    raise OllamaError(503, f'model "{req.model}" could not be loaded')
+                fmt.loaded()
+                self.keep.after_request(m.name, keep_s)
+                return ok_raw(fmt.empty())
+            body = embeddings.ollama_body(req, m.name)
+            embeddings.check_openai(body, max_inputs=self.gw.cfg.server.max_embedding_inputs,
+                                    max_model_len=m.max_model_len)
+        except (OllamaError, BadRequest) as exc:
             return error(exc.status, exc.message)
-        return error(400, f'"{raw.get("model")}" does not support embeddings: this server '
-                          f"({m.name}) serves chat and completion models only")
+        except ValueError as exc:  # a bad keep_alive
+            return error(400, str(exc))
+        hit = self.gw.router.resolve(req.model)
+        decision = Decision(m.name, hit[1] if hit else "explicit")
+        return self.keeping(self.gw.relay(p.Endpoint.EMBEDDINGS, body, False, decision,
+                                          fmt=fmt), m.name, keep_s)
 
     async def read_only(self, request: Request) -> Response:
         path = request.url.path
@@ -281,7 +310,7 @@ def ollama_routes(gw: Gateway) -> list[Route]:
         Route("/api/generate", api.generate, methods=["POST"]),
         Route("/api/pull", api.pull, methods=["POST"]),
         Route("/api/embed", api.embed, methods=["POST"]),
-        Route("/api/embeddings", api.embed, methods=["POST"]),
+        Route("/api/embeddings", api.embeddings, methods=["POST"]),
         Route("/api/create", api.read_only, methods=["POST"]),
         Route("/api/copy", api.read_only, methods=["POST"]),
         Route("/api/delete", api.read_only, methods=["DELETE"]),

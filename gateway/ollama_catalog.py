@@ -131,7 +131,7 @@ class Catalog:
     def show(self, m: ModelConfig, context_length: int) -> dict[str, Any]:
         f = self.facts(m)
         arch = f.family or "unknown"
-        capabilities = ["completion"]
+        capabilities = ["embedding"] if m.role is Role.EMBEDDING else ["completion"]
         if m.tool_call_parser:
             capabilities.append("tools")
         if m.role is Role.VISION:

@@ -54,7 +54,6 @@ class Relay:
     models: list[str]
     reason: str
     format: Format = field(default_factory=OpenAIFormat)
-    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -78,7 +77,10 @@ class Relay:
             if i > 0:
                 self.metrics.fallback(self.models[i - 1], model)
                 log.warning("falling back from %s to %s", self.models[i - 1], model)
-            if not await self.ensure_ready(model):
+            ready = await self.ensure_ready(model)
+            if i == 0:
+                self.format.loaded()
+            if not ready:
                 last_error = _unavailable(model)
                 continue
             route = self.reason if i == 0 else f"fallback:{self.models[0]}"
@@ -124,8 +126,7 @@ class Relay:
             self.backends.release(call)
 
     def headers(self, model: str, route: str) -> list[tuple[bytes, bytes]]:
-        return [(b"x-zoe-model", model.encode()), (b"x-zoe-route", route.encode()),
-                *self.extra_headers]
+        return [(b"x-zoe-model", model.encode()), (b"x-zoe-route", route.encode())]
 
     async def answer(self, send: Send, call: Call, first: p.Message, model: str,
                      route: str) -> None:
@@ -134,6 +135,8 @@ class Relay:
             await self.send_error(send, first, model, route)
             return
         if isinstance(first, p.Response):
+            if self.endpoint is p.Endpoint.EMBEDDINGS:
+                self.metrics.embedded(model, first.body)
             await send({"type": "http.response.start", "status": first.status,
                         "headers": JSON_HEADERS + self.headers(model, route)})
             await send({"type": "http.response.body", "body": self.format.response(first.body)})

@@ -34,6 +34,8 @@ class Role(enum.Enum):
     TOOLS = "tools"
     VISION = "vision"
     GENERAL = "general"  # reached by name, alias or fallback only; never a routing target
+    # A pooling model: serves /v1/embeddings and /api/embed only (and chat never).
+    EMBEDDING = "embedding"
 
 
 class Provision(enum.Enum):
@@ -44,6 +46,7 @@ class Provision(enum.Enum):
     QWEN25_CODER_05B_GGUF = "qwen2.5-coder-0.5b-gguf"
     QWEN25_CODER_15B_GGUF = "qwen2.5-coder-1.5b-gguf"
     TINY_IDEFICS3 = "tiny-idefics3"
+    ALL_MINILM_L6_V2 = "all-minilm-l6-v2"
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -71,6 +74,9 @@ class ServerConfig(_Base, frozen=True):
     header_timeout_s: PositiveFloat = 10.0
     max_header_bytes: Positive = 32 * 1024
     max_messages: Positive = 256
+    # Texts (or token lists) in one embeddings request; each is also bounded by the
+    # embedding model's context (max_model_len).
+    max_embedding_inputs: Positive = 256
     max_images: Annotated[int, msgspec.Meta(ge=0)] = 4
     max_image_bytes: Positive = 8 * 1024 * 1024
     max_image_pixels: Positive = 4096 * 4096
@@ -363,11 +369,32 @@ def _check(config: Config, where: str) -> None:
         if m.max_num_batched_tokens < m.max_model_len and not m.enable_chunked_prefill:
             fail(f"`$.models[{i}]`: max_num_batched_tokens ({m.max_num_batched_tokens}) "
                  f"< max_model_len ({m.max_model_len}) needs enable_chunked_prefill: true")
+    _check_embedding_models(config, fail)
     _check_fallback_cycles(config, fail)
     roles = [m.role for m in config.models]
-    for role in (Role.FAST, Role.TOOLS, Role.VISION):
+    for role in (Role.FAST, Role.TOOLS, Role.VISION, Role.EMBEDDING):
         if roles.count(role) > 1:
             fail(f"more than one model has role {role.value!r}")
+
+
+def _check_embedding_models(config: Config, fail: Any) -> None:
+    """An embedding model answers embeddings only, so it never stands in for a chat model
+    (nor one for it), and it is not the default a chat request without a model gets."""
+    role = {m.name: m.role for m in config.models}
+    if role[config.server.default_model] is Role.EMBEDDING:
+        fail(f"the default model {config.server.default_model!r} is an embedding model; "
+             "the default must be able to chat")
+    for i, m in enumerate(config.models):
+        if m.fallback is not None and (role[m.fallback] is Role.EMBEDDING) != (
+                m.role is Role.EMBEDDING):
+            fail(f"`$.models[{i}].fallback` {m.fallback!r}: an embedding model and a chat "
+                 "model cannot stand in for each other")
+        if m.role is Role.EMBEDDING:
+            if m.backend is Backend.OLLAMA:
+                fail(f"`$.models[{i}]`: an embedding model needs the vllm or openai backend "
+                     "(Ollama serves /v1/embeddings too: use `backend: openai`)")
+            if m.tool_call_parser:
+                fail(f"`$.models[{i}]`: an embedding model takes no tool_call_parser")
 
 
 def _check_fallback_cycles(config: Config, fail: Any) -> None:

@@ -34,6 +34,10 @@ def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> 
         else "--no-enable-prefix-caching",
         "--disable-uvicorn-access-log",
     ]
+    if model.role is Role.EMBEDDING:
+        # vLLM's pooling runner: the engine embeds (pooling and normalisation from the
+        # model's sentence-transformers files) and the serving layer is its embeddings one.
+        argv += ["--runner", "pooling"]
     if model.enforce_eager:
         argv.append("--enforce-eager")
     if model.quantization:
@@ -62,7 +66,7 @@ def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> 
         argv += ["--chat-template", str(template)]
     if model.role is Role.VISION:
         argv += ["--limit-mm-per-prompt", f'{{"image": {model.limit_images_per_prompt}}}']
-    if model.json_whitespace is JsonWhitespace.COMPACT:
+    if model.json_whitespace is JsonWhitespace.COMPACT and model.role is not Role.EMBEDDING:
         # vLLM takes this engine-wide only, and only with a named backend: xgrammar
         # is the one its "auto" picks first. Ollama's grammars bound whitespace too.
         argv += ["--structured-outputs-config",

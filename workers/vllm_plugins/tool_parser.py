@@ -67,11 +67,11 @@ def structural_tag(tools: list[Any], builtin_tools: list[Any], tool_choice: str,
     """vLLM's hook: the grammar for one request's tools (``tool_choice`` is auto, required
     or forced)."""
     del builtin_tools, reasoning, token_suffix
-    tags = [TagFormat(begin=f'{opening}{{"name": {json.dumps(tool.function.name)}, '
-                            '"arguments": ',
-                      content=JSONSchemaFormat(json_schema=_arguments_schema(tool.function)),
+    functions = [fn for tool in tools if (fn := tool_calls.function_of(tool)) is not None]
+    tags = [TagFormat(begin=f'{opening}{{"name": {json.dumps(fn.name)}, "arguments": ',
+                      content=JSONSchemaFormat(json_schema=_arguments_schema(fn)),
                       end=closing)
-            for tool in tools for opening, closing, _ in CALL_FORMS]
+            for fn in functions for opening, closing, _ in CALL_FORMS]
     if not tags:
         return StructuralTag(format=AnyTextFormat())
     if tool_choice == "auto":
