@@ -281,6 +281,28 @@ def assistant_section(a: dict[str, Any]) -> list[str]:
     ]
 
 
+def embeddings_section(e: dict[str, Any]) -> list[str]:
+    who = ("ours", "vllm serve", "transformers")
+    rate, lat = e["embeddings_per_s"], e["latency_ms"]
+    rows = [[str(b), *(fmt(rate[w][str(b)], 0) for w in who),
+             fmt(rate["ours"][str(b)] / rate["transformers"][str(b)], 2),
+             *(fmt(lat[w][str(b)]["p50"], 1) for w in ("ours", "vllm serve"))]
+            for b in e["batches"]]
+    return [
+        "## Embeddings", "", _mode(e), "",
+        f"`{e['model']}` (all-MiniLM-L6-v2, fp32) on {e['threads']} core(s) each: our "
+        "embedding worker through the gateway, vLLM's own server on the same engine "
+        "arguments, and the model card's recipe with `transformers` in the benchmark's "
+        f"process. {e['rounds']} rounds of {e['requests_per_round']} requests per batch size, "
+        "the order rotating each round. Short Home Assistant-like sentences.", "",
+        *table(["texts per request", "ours (emb/s)", "vllm serve (emb/s)",
+                "transformers (emb/s)", "ours / transformers", "ours p50 (ms)",
+                "vllm serve p50 (ms)"], rows),
+        f"The gateway adds {fmt(e['gateway_added_ms_p50'], 1)} ms per request at p50 "
+        "(one text per request, ours minus vllm serve).", "",
+    ]
+
+
 # ----- the chart ---------------------------------------------------------------------
 def chart(sections: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
@@ -358,7 +380,8 @@ def write(results: dict[str, Any], out: Path) -> None:
             ("compare", "Gateway vs vLLM's own server", compare_section),
             ("overhead", "Gateway overhead", overhead_section),
             ("recovery", "Model swap and recovery", recovery_section),
-            ("assistant", "What a voice request waits for", assistant_section)):
+            ("assistant", "What a voice request waits for", assistant_section),
+            ("embeddings", "Embeddings", embeddings_section)):
         if name in sections:
             lines += render(sections[name])
         else:

@@ -35,11 +35,17 @@ pytestmark = pytest.mark.e2e
 CHAT, TOOLS, EMBED = "qwen2.5-coder-0.5b-chat", "qwen2.5-coder-1.5b-tools", "all-minilm"
 DIMENSIONS = 384
 TEXTS = ["cat", "kitten", "car", "Turn off the kitchen lights."]
-LIGHT_OFF = {"type": "function", "name": "turn_off_light",
-             "description": "Turn off the lights in an area of the home.",
-             "parameters": {"type": "object", "required": ["area"], "properties": {
-                 "area": {"type": "string", "enum": ["kitchen", "bedroom", "office"]}}}}
 
+
+def light(verb: str) -> dict[str, Any]:
+    """A function tool in the Responses API's flat shape."""
+    return {"type": "function", "name": f"turn_{verb}_light",
+            "description": f"Turn {verb} the lights in an area of the home.",
+            "parameters": {"type": "object", "required": ["area"], "properties": {
+                "area": {"type": "string", "enum": ["kitchen", "bedroom", "office"]}}}}
+
+
+LIGHTS = [light("on"), light("off")]
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
@@ -247,9 +253,11 @@ def test_a_streamed_response_yields_deltas_and_completes(client: openai.OpenAI) 
 
 
 def test_a_function_call_round_trip(client: openai.OpenAI) -> None:
+    """The call, its output sent back as input items, then the next request gets its own
+    call (as in the chat round trip of test_tool_calls.py)."""
     turn = [{"role": "user", "content": "Turn off the kitchen lights."}]
     raw = client.responses.with_raw_response.create(
-        model="auto", input=turn, tools=[LIGHT_OFF], temperature=0,  # type: ignore[arg-type,list-item]
+        model="auto", input=turn, tools=LIGHTS, temperature=0,  # type: ignore[arg-type]
         max_output_tokens=128)
     assert raw.headers["x-zoe-model"] == TOOLS and raw.headers["x-zoe-route"] == "tools"
     first = raw.parse()
@@ -259,11 +267,12 @@ def test_a_function_call_round_trip(client: openai.OpenAI) -> None:
     history: list[Any] = [*turn, {"type": "function_call", "call_id": calls[0].call_id,
                                   "name": calls[0].name, "arguments": calls[0].arguments},
                           {"type": "function_call_output", "call_id": calls[0].call_id,
-                           "output": json.dumps({"success": True, "area": "kitchen"})}]
-    second = client.responses.create(model="auto", input=history, tools=[LIGHT_OFF],  # type: ignore[list-item]
-                                     temperature=0, max_output_tokens=64)
-    assert second.status == "completed"
-    assert second.output_text.strip(), second.output
+                           "output": json.dumps({"success": True})},
+                          {"role": "user", "content": "Now turn on the lights in the office."}]
+    second = client.responses.create(model="auto", input=history, tools=LIGHTS,  # type: ignore[arg-type]
+                                     temperature=0, max_output_tokens=128)
+    assert [(c.name, json.loads(c.arguments)) for c in second.output
+            if c.type == "function_call"] == [("turn_on_light", {"area": "office"})], second
 
 
 @pytest.mark.parametrize(("body", "needle"), [
