@@ -4,7 +4,8 @@ Three embedders of the same all-MiniLM-L6-v2 weights, measured one after the oth
 round (the order rotates, so machine noise hits all three):
 
 * **ours**: the cpu profile's embedding worker through the gateway (``/v1/embeddings``);
-* **vllm serve**: vLLM's own server on the same engine arguments and core (``engine_argv``);
+* **vllm serve**: vLLM's own server on the same engine arguments (``engine_argv``), bound to
+  the other core (two engines bound to one core starve each other);
 * **transformers**: the model card's recipe in this process (tokenize, forward, mean-pool,
   normalise), with as many torch threads as the worker has cores.
 
@@ -14,6 +15,7 @@ latency is ours minus vllm serve at p50 for one text per request.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,8 @@ class Reference:
     """all-MiniLM-L6-v2 with transformers directly, as its model card computes it."""
 
     def __init__(self, path: Path, threads: int) -> None:
+        # OpenMP threads that spin after each batch would steal the workers' cores.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -104,9 +108,13 @@ async def run(tmp: Path, quick: bool, progress: Progress, say: Say,
                              total=rounds * len(BATCHES) * 3 + 2)
     await wait_for_memory(min_free_gib, say)
     port = free_port()
+    env = engine_env(model, accelerator=has_accelerator())
+    if "VLLM_CPU_OMP_THREADS_BIND" in env:
+        # Its own core: two idle vLLM engines bound to one core starve each other (their
+        # OpenMP threads spin after each request), which cost both 300 ms per request.
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if model.cpu_cores != "0" else "1"
     theirs = spawn("vllm serve (embeddings)", vllm_argv(cfg, model, port), tmp / "vllm.log",
-                   f"http://127.0.0.1:{port}",
-                   env=engine_env(model, accelerator=has_accelerator()))
+                   f"http://127.0.0.1:{port}", env=env)
     ours = None
     try:
         await wait_ready(theirs, "/v1/models", START_TIMEOUT_S)

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.hardware import HardwareMonitor, HardwareSnapshot
 from gateway.metrics_collector import GatewayCollector
-from shared.config import fallback_chain
+from shared.config import Role, fallback_chain
 from workers.lifecycle import State
 
 if TYPE_CHECKING:
@@ -57,6 +57,9 @@ def prime_series(gw: Gateway) -> None:
             m.requests.labels(model.name, outcome)
         m.ttft.labels(model.name)
         m.latency.labels(model.name)
+        if model.role is Role.EMBEDDING:
+            m.embedding_inputs.labels(model.name)
+            m.embedding_tokens.labels(model.name)
         chain = [model.name, *fallback_chain(config, model.name)]
         for src, dst in itertools.pairwise(chain):
             m.fallbacks.labels(src, dst)

@@ -127,6 +127,87 @@ _COMPLETION_REQUEST = {
     },
 }
 
+_EMBEDDING_REQUEST = {
+    "type": "object",
+    "required": ["input"],
+    "properties": {
+        "model": {"type": "string", "description": "an embedding model (absent: the "
+                                                   "profile's embedding model)"},
+        "input": {"oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "minItems": 1, "maxItems": 256,
+             "items": {"type": "string", "minLength": 1}},
+            {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}]},
+        "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "user": {"type": "string"},
+        "truncate_prompt_tokens": {"type": "integer", "minimum": -1,
+                                   "description": "vLLM extension: -1 cuts each input to the "
+                                                  "model's context"},
+    },
+}
+
+_EMBEDDINGS = {
+    "type": "object", "required": ["object", "data", "model"],
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]}, "model": {"type": "string"},
+        "data": {"type": "array", "items": {
+            "type": "object", "required": ["index", "embedding"], "properties": {
+                "index": {"type": "integer"}, "object": {"type": "string"},
+                "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}},
+                                        {"type": "string"}]}}}},
+        "usage": {"type": "object"},
+    },
+}
+
+_RESPONSES_ITEM = {"oneOf": [
+    {"type": "object", "required": ["role", "content"], "properties": {
+        "type": {"type": "string", "enum": ["message"]},
+        "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+        "content": {"oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "object", "required": ["type", "text"],
+                                        "properties": {
+                                            "type": {"type": "string",
+                                                     "enum": ["input_text"]},
+                                            "text": {"type": "string"}}}}]}}},
+    {"type": "object", "required": ["type", "call_id", "output"], "properties": {
+        "type": {"type": "string", "enum": ["function_call_output"]},
+        "call_id": {"type": "string"}, "output": {"type": "string"}}},
+]}
+
+_RESPONSES_REQUEST = {
+    "type": "object",
+    "required": ["input"],
+    "properties": {
+        "model": {"type": "string"},
+        "input": {"oneOf": [{"type": "string", "minLength": 1},
+                            {"type": "array", "minItems": 1, "items": _RESPONSES_ITEM}]},
+        "instructions": {"type": "string"},
+        "max_output_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "stream": {"type": "boolean"},
+        "store": {"type": "boolean", "description": "accepted; nothing is stored"},
+        "tools": {"type": "array", "items": {
+            "type": "object", "required": ["type", "name"], "properties": {
+                "type": {"type": "string", "enum": ["function"]},
+                "name": {"type": "string"}, "description": {"type": "string"},
+                "parameters": {"type": "object"}}}},
+        "tool_choice": {"type": "string", "enum": ["none", "auto", "required"]},
+    },
+}
+
+_RESPONSE = {
+    "type": "object", "required": ["id", "object", "output", "status"],
+    "properties": {
+        "id": {"type": "string"}, "object": {"type": "string", "enum": ["response"]},
+        "status": {"type": "string"}, "model": {"type": "string"},
+        "output": {"type": "array", "items": {"type": "object"}},
+        "usage": {"type": "object", "nullable": True},
+    },
+}
+
 _USAGE = {"type": "object", "required": ["prompt_tokens", "total_tokens"], "properties": {
     "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
     "total_tokens": {"type": "integer"}}}
@@ -204,6 +285,10 @@ SPEC: dict[str, Any] = {
         "/v1/chat/completions": _generation("Chat completion", "ChatCompletionRequest",
                                             "ChatCompletion"),
         "/v1/completions": _generation("Text completion", "CompletionRequest", "Completion"),
+        "/v1/embeddings": _generation("Embeddings (an embedding model)", "EmbeddingRequest",
+                                      "Embeddings"),
+        "/v1/responses": _generation("The Responses API (typed server-sent events when "
+                                     "`stream` is true)", "ResponsesRequest", "Response"),
         "/v1/models": _get("The configured models", {
             "type": "object", "required": ["object", "data"], "properties": {
                 "object": {"type": "string", "enum": ["list"]},
@@ -239,6 +324,10 @@ SPEC: dict[str, Any] = {
         "CompletionRequest": _COMPLETION_REQUEST,
         "ChatCompletion": _CHAT_COMPLETION,
         "Completion": _COMPLETION,
+        "EmbeddingRequest": _EMBEDDING_REQUEST,
+        "Embeddings": _EMBEDDINGS,
+        "ResponsesRequest": _RESPONSES_REQUEST,
+        "Response": _RESPONSE,
     }},
 }
 

@@ -78,7 +78,7 @@ def _check_item(item: Any, where: str) -> None:
         raise BadRequest(400, f"`{where}.type` must be a string", param=f"{where}.type")
     if kind == "message" or "role" in item:
         role = item.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise BadRequest(400, f"`{where}.role` must be one of {', '.join(sorted(ROLES))}"
                                   f", not {role!r}", param=f"{where}.role")
         content = item.get("content")

@@ -191,12 +191,15 @@ def tame(f: Fuzz, body: Any) -> Any:
     """Cap generation cost and keep requests off the on-demand vision model."""
     if not isinstance(body, dict):
         return body
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(key)
         # vLLM coerces "1000" and 1000.0 too: anything number-like beyond the cap is capped.
         if key in body and _number(value) is not None and _number(value) > MAX_TOKENS:  # type: ignore[operator]
             body[key] = MAX_TOKENS
-    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+    if "input" in body:  # the Responses API's cap (embeddings ignore it)
+        if body.get("max_output_tokens") is None:
+            body["max_output_tokens"] = MAX_TOKENS
+    elif body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = MAX_TOKENS  # the default would be the whole context
     for key, cap in (("n", MAX_N), ("min_tokens", MAX_TOKENS), ("best_of", MAX_N)):
         if key in body and (_number(body[key]) or 0) > cap:
@@ -229,7 +232,9 @@ def check(f: Fuzz, r: httpx.Response, what: str) -> None:
         assert isinstance(error["message"], str) and isinstance(error["type"], str), error
     if r.status_code == 200 and r.headers.get("content-type", "").startswith(
             "text/event-stream"):
-        events = [line for line in r.text.splitlines() if line.startswith("data:")]
+        # SSE lines end at \n only: str.splitlines() would also cut at U+2028, U+0085...,
+        # which a model may write inside a JSON string (found by this fuzzer).
+        events = [line for line in r.text.split("\n") if line.startswith("data:")]
         assert events and events[-1] == "data: [DONE]", r.text[-300:]
         for event in events[:-1]:
             payload = json.loads(event[5:])
