@@ -48,6 +48,9 @@ SIGNATURES = [
     "vllm.entrypoints.openai.serving_engine:OpenAIServing.create_error_response",
     "vllm.entrypoints.openai.serving_chat:OpenAIServingChat.create_chat_completion",
     "vllm.entrypoints.openai.serving_completion:OpenAIServingCompletion.create_completion",
+    # A pooling worker's serving object: 0.14.0 has create_embedding (0.32's is called).
+    "vllm.entrypoints.pooling.embed.serving:OpenAIServingEmbedding.create_embedding",
+    "vllm.entrypoints.openai.serving_responses:OpenAIServingResponses.create_responses",
 ]
 CLASSES = [
     "vllm.v1.metrics.loggers:StatLoggerBase",
@@ -60,6 +63,11 @@ CLASSES = [
     "vllm.entrypoints.openai.serving_engine:OpenAIServing",
     "vllm.entrypoints.openai.serving_chat:OpenAIServingChat",
     "vllm.entrypoints.openai.serving_completion:OpenAIServingCompletion",
+    "vllm.entrypoints.openai.protocol:ResponsesRequest",
+    "vllm.entrypoints.pooling.embed.protocol:EmbeddingCompletionRequest",
+    "vllm.entrypoints.pooling.embed.serving:EmbeddingMixin",
+    "vllm.entrypoints.pooling.embed.serving:OpenAIServingEmbedding",
+    "vllm.entrypoints.openai.serving_responses:OpenAIServingResponses",
 ]
 STATE_WRITERS = ["vllm.entrypoints.openai.api_server:init_app_state"]
 # Modules whose add_argument calls build `vllm serve`'s parser, with the dataclasses

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,13 +24,15 @@ def engine_request_ids(req: p.Request, body: Any) -> list[str]:
     """The ids vLLM's serving layer gives this request inside the engine.
 
     Chat uses ``chatcmpl-<id>``; completions ``cmpl-<id>-<prompt index>``; embeddings
-    ``embd-<id>-<input index>``; responses the response id itself. Closing the response
+    ``embd-<id>-<input index>``; responses ``resp_<id>_0``. Closing the response
     generator frees a sequence only at garbage collection, so aborts name these ids.
     """
     if req.endpoint is p.Endpoint.CHAT:
         return [f"chatcmpl-{req.request_id}"]
     if req.endpoint is p.Endpoint.RESPONSES:
-        return [body.request_id]
+        # vLLM runs a response as sub-requests `<id>_<n>` (one per built-in tool turn);
+        # we offer no built-in tools, so there is one.
+        return [f"{body.request_id}_0"]
     if req.endpoint is p.Endpoint.EMBEDDINGS:
         return [f"embd-{req.request_id}-{i}" for i in range(_count(getattr(body, "input",
                                                                               None)))]
@@ -142,8 +146,12 @@ class Handler:
                     await result.aclose()
                 await self.send(p.Response(request_id=rid, status=200, body=b""))
             elif hasattr(result, "status_code"):  # a starlette Response (embeddings)
-                await self.send(p.Response(request_id=rid, status=int(result.status_code),
-                                           body=bytes(result.body)))
+                status = int(result.status_code)
+                if status >= 400:
+                    await self.send(_from_body(rid, status, bytes(result.body)))
+                else:
+                    await self.send(p.Response(request_id=rid, status=status,
+                                               body=bytes(result.body)))
             else:
                 # As vLLM's routers write them: the Responses API's models use aliases.
                 dumped = result.model_dump_json(by_alias=req.endpoint is p.Endpoint.RESPONSES)
@@ -187,6 +195,18 @@ def _from_error_response(rid: str, response: Any, streamed: bool = False) -> p.E
     # vLLM's `type` names a Python-ish class; the gateway maps status to OpenAI's types.
     return p.Error(request_id=rid, kind=kind, status=status, message=err.message, type="",
                    param=err.param, streamed=streamed)
+
+
+def _from_body(rid: str, status: int, body: bytes) -> p.Error:
+    """An error vLLM answered as a response body (``{"error": {"message": ...}}``)."""
+    message = f"the model answered HTTP {status}"
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        err = json.loads(body).get("error")
+        detail = err.get("message") if isinstance(err, dict) else err
+        if isinstance(detail, str):
+            message = detail
+    kind = p.ErrorKind.BAD_REQUEST if status < 500 else p.ErrorKind.INTERNAL
+    return p.Error(request_id=rid, kind=kind, status=status, message=message, type="")
 
 
 def _bad_request(rid: str, exc: Any) -> p.Error:

@@ -60,10 +60,8 @@ PLACES: dict[Name, tuple[Place, ...]] = {
     "ErrorResponse": (("vllm.entrypoints.serve.engine.protocol", "ErrorResponse"),
                       ("vllm.entrypoints.openai.protocol", "ErrorResponse")),
     "EngineDeadError": (("vllm.v1.engine.exceptions", "EngineDeadError"),),
-    # A union of pydantic models in both (validated with a TypeAdapter); 0.14.0's serving
-    # layer imports it into serving_engine, where the recording of 0.14.0 sees it.
-    "EmbeddingRequest": (("vllm.entrypoints.pooling.embed.protocol", "EmbeddingRequest"),
-                         ("vllm.entrypoints.openai.serving_engine", "EmbeddingRequest")),
+    # A union of pydantic models (validated with a TypeAdapter), in the same place in both.
+    "EmbeddingRequest": (("vllm.entrypoints.pooling.embed.protocol", "EmbeddingRequest"),),
     "ResponsesRequest": (("vllm.entrypoints.openai.responses.protocol", "ResponsesRequest"),
                          ("vllm.entrypoints.openai.protocol", "ResponsesRequest")),
     # 0.32: a function; 0.14.0: a method of every serving object (see error_response).

@@ -313,3 +313,16 @@ def test_prometheus_counts_embedding_requests_and_tokens(
     assert after[0] - before[0] == 3
     assert after[1] - before[1] == 9  # three words, each [CLS] word [SEP]
     assert after[2] - before[2] == 1
+
+
+def test_the_embedding_worker_is_supervised_like_every_worker(qwen: Stack) -> None:
+    """Warmed up with embeddings before READY, and probed with them (a chat probe would
+    fail on a pooling model, and three failures would restart it)."""
+    sup = load(path=qwen.config_path).config.supervisor
+    n = sup.warmup_requests
+    assert f"{EMBED}: warming up {n}/{n}" in qwen.log(EMBED)
+    interval = sup.health_interval_s
+    probed = wait_for(lambda: (w := qwen.worker(EMBED))["probes"]["total"] >= 1 and w,
+                      interval + 60, "a health probe of the embedding worker", every=1)
+    assert probed["probes"]["failed"] == 0 and probed["probes"]["last_ok"] is True
+    assert probed["state"] == "ready" and probed["restarts"] == 0

@@ -91,13 +91,18 @@ def test_tiny_tools_model_has_a_template_that_renders_tools() -> None:
 
 def test_every_cpu_text_model_is_qwen_coder_and_calls_tools() -> None:
     cfg = c.load(profile="cpu")
-    text = [m for m in cfg.models if m.role is not c.Role.VISION]
+    text = [m for m in cfg.models if m.role not in (c.Role.VISION, c.Role.EMBEDDING)]
     assert len(text) == 2
     assert all(m.tool_call_parser == "zoe_json" for m in text)
     assert cfg.default_model.provision is c.Provision.QWEN25_CODER_05B_GGUF
     assert cfg.default_model.role is c.Role.FAST
     tools = cfg.by_role(c.Role.TOOLS)
     assert tools is not None and tools.provision is c.Provision.QWEN25_CODER_15B_GGUF
+    # The one model left out above embeds and calls no tools.
+    embedding = cfg.by_role(c.Role.EMBEDDING)
+    assert embedding is not None and embedding.name == "all-minilm"
+    assert embedding.provision is c.Provision.ALL_MINILM_L6_V2
+    assert embedding.tool_call_parser is None
 
 
 @pytest.mark.parametrize("text,fragment", [

@@ -103,9 +103,18 @@ def test_the_hub_path_fetches_each_missing_model_once(home: Path) -> None:
     assert [r for r, _ in fetched] == ["AMead10/Llama-3.2-3B-Instruct-AWQ",
                                        "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ",
                                        "Qwen/Qwen2-VL-7B-Instruct-AWQ"]
-    assert {o.action for o in out} == {"downloaded"}
+    # all-minilm comes from a PyPI package (`provision:`, no hf_repo): built by the worker's
+    # first start or `zoe-vllm provision`, never fetched from the hub.
+    built = "skipped: built locally by `zoe-vllm provision`"
+    assert {o.model: o.action for o in out} == {
+        "llama-3.2-3b": "downloaded", "qwen2.5-coder-7b": "downloaded",
+        "qwen2-vl-7b": "downloaded", "all-minilm": built}
     again = mp.pull(cfg, say=lambda _: None, fetch=fake_fetch)
-    assert {o.action for o in again} == {"present"} and len(fetched) == 3
+    assert {o.model: o.action for o in again} == {
+        "llama-3.2-3b": "present", "qwen2.5-coder-7b": "present", "qwen2-vl-7b": "present",
+        "all-minilm": built}
+    assert len(fetched) == 3
+    assert not (home / "models" / "all-minilm-l6-v2").exists()
 
 
 def test_a_fetch_that_leaves_no_weights_is_an_error(home: Path) -> None:
@@ -123,8 +132,8 @@ def test_models_built_locally_are_skipped(home: Path) -> None:
 def test_unknown_model_and_missing_snapshot_fail_clearly(
         home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--profile", "jetson", "models", "pull", "--model", "gpt-5"]) == 1
-    assert "not in jetson.yaml: gpt-5 (models: llama-3.2-3b, qwen2-vl-7b, qwen2.5-coder-7b)" \
-        in capsys.readouterr().err
+    assert ("not in jetson.yaml: gpt-5 (models: all-minilm, llama-3.2-3b, qwen2-vl-7b, "
+            "qwen2.5-coder-7b)") in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli.main(["--profile", "jetson", "models", "pull", "--from",
                      str(tmp_path / "empty"), "--model", "llama-3.2-3b"]) == 1

@@ -13,6 +13,7 @@ import ast
 import asyncio
 import inspect
 import json
+import textwrap
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -120,6 +121,9 @@ def test_first_of_names_every_place_it_tried() -> None:
 # --- vLLM 0.14.0, recorded: the fallbacks and what the bridges assume ----------
 
 
+# Names whose fallback 0.14.0 does not need: 0.32's place already holds them there
+# (vllm.entrypoints.pooling.embed.protocol exists in 0.14.0). Harmless, as the first place
+# is tried first; kept exact below, so a name leaves this set when its fallback is dropped.
 @pytest.mark.parametrize("name", list(vllm_compat.PLACES))
 def test_every_name_resolves_in_vllm_0_14(name: vllm_compat.Name) -> None:
     places = vllm_compat.PLACES[name]
@@ -133,7 +137,13 @@ def test_014_needs_the_fallbacks_for_the_moved_names() -> None:
     moved = {name for name, places in vllm_compat.PLACES.items() if not in_014(places[0])}
     assert moved == {"make_arg_parser", "validate_parsed_serve_args", "init_app_state",
                      "ChatCompletionRequest", "CompletionRequest", "ErrorResponse",
-                     "create_error_response"}
+                     "create_error_response", "ResponsesRequest"}
+    # 0.14.0 kept the Responses request with the other OpenAI models; the embeddings one
+    # was already where 0.32 keeps it (and serving_engine imported it from there).
+    assert vllm_compat.PLACES["ResponsesRequest"][1] == (
+        "vllm.entrypoints.openai.protocol", "ResponsesRequest")
+    assert in_014(vllm_compat.PLACES["EmbeddingRequest"][0])
+    assert not in_014(vllm_compat.PLACES["ResponsesRequest"][0])
 
 
 def test_our_stat_logger_matches_014s_stat_logger_base() -> None:
@@ -177,7 +187,31 @@ def test_014s_init_app_state_is_called_without_tasks_and_sets_the_same_state() -
     params = params_014(spec)
     assert params == ["engine_client", "state", "args"]
     assert not vllm_compat.init_app_state_takes_tasks(params)
-    assert set(vllm_compat.SERVING_STATE) <= set(v014()["state_attributes"][spec])
+    state = set(v014()["state_attributes"][spec])
+    assert set(vllm_compat.SERVING_STATE) <= state
+    # Embeddings under 0.14.0's name (not 0.32's), and the Responses serving object.
+    new_name, old_name = vllm_compat.EMBEDDING_STATE
+    assert old_name in state and new_name not in state
+    assert vllm_compat.RESPONSES_STATE in state
+
+
+def _state_stores(func: Any) -> set[str]:
+    """``state.<name> = ...`` in the source of ``func`` (an installed vLLM function)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    return {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name) and node.value.id == "state"}
+
+
+def test_032s_state_functions_set_the_names_init_serving_reads() -> None:
+    from vllm.entrypoints.generate.api_router import init_generate_state
+    from vllm.entrypoints.pooling.factories import init_pooling_state
+
+    generate, pooling = _state_stores(init_generate_state), _state_stores(init_pooling_state)
+    assert set(vllm_compat.SERVING_STATE) <= generate
+    assert vllm_compat.RESPONSES_STATE in generate
+    new_name, old_name = vllm_compat.EMBEDDING_STATE
+    assert new_name in pooling and old_name not in pooling | generate
 
 
 def test_init_serving_passes_tasks_only_where_init_app_state_takes_them(
@@ -200,8 +234,36 @@ def test_init_serving_passes_tasks_only_where_init_app_state_takes_them(
     client, args = Client(), argparse.Namespace()
     for fake in (new, old):
         monkeypatch.setattr(vllm_compat, "resolve", lambda name, f=fake: f)
-        assert asyncio.run(vllm_compat.init_serving(client, args)) == ("chat", "completion")
+        # A state without embeddings or responses objects: those are None.
+        assert asyncio.run(vllm_compat.init_serving(client, args)) == vllm_compat.Serving(
+            chat="chat", completion="completion", embedding=None, responses=None)
     assert calls == [(client, args, ("generate",)), (client, args)]
+
+
+@pytest.mark.parametrize("attr", vllm_compat.EMBEDDING_STATE)
+def test_init_serving_finds_the_embeddings_object_under_either_vllms_name(
+        monkeypatch: pytest.MonkeyPatch, attr: str) -> None:
+    async def pooling(engine_client: Any, state: Any, args: Any) -> None:
+        # A pooling engine: 0.14.0 sets the generating objects to None, 0.32 not at all.
+        state.openai_serving_chat = None
+        if attr == "openai_serving_embedding":
+            state.serving_embedding = None  # the other name, set but empty: skipped
+        setattr(state, attr, "embed")
+
+    monkeypatch.setattr(vllm_compat, "resolve", lambda name: pooling)
+    assert asyncio.run(vllm_compat.init_serving(object(), argparse.Namespace())) == \
+        vllm_compat.Serving(chat=None, completion=None, embedding="embed", responses=None)
+
+
+def test_init_serving_finds_the_responses_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def generate(engine_client: Any, state: Any, args: Any) -> None:
+        state.openai_serving_chat, state.openai_serving_completion = "chat", "completion"
+        state.openai_serving_responses = "responses"
+        state.serving_embedding = None  # 0.32 sets it to None for a generating model
+
+    monkeypatch.setattr(vllm_compat, "resolve", lambda name: generate)
+    serving = asyncio.run(vllm_compat.init_serving(object(), argparse.Namespace()))
+    assert (serving.responses, serving.embedding) == ("responses", None)
 
 
 def test_014s_error_mapping_is_a_method_of_the_serving_objects() -> None:
@@ -241,6 +303,115 @@ def test_the_serving_calls_and_bodies_have_014s_shape() -> None:
         members["CompletionRequest"]
     assert members["ErrorResponse"] == {"error"}
     assert {"message", "type", "param", "code"} <= members["ErrorInfo"]
+
+
+class _Recorder:
+    """A serving object whose method (or ``__call__``) takes the arguments a signature
+    allows, binding them as that vLLM would; what it was called with is kept."""
+
+    def __init__(self, member: str, signature: inspect.Signature) -> None:
+        self.member, self.signature = member, signature
+        self.bound: dict[str, Any] | None = None
+
+    def _take(self, *args: Any, **kwargs: Any) -> str:
+        # raises TypeError where the worker's call does not fit the signature
+        bound = self.signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self.bound = {k: v for k, v in bound.arguments.items() if k != "self"}
+        return "answer"
+
+    def __getattr__(self, name: str) -> Any:
+        if name == self.member:
+            async def method(*args: Any, **kwargs: Any) -> str:
+                return self._take(*args, **kwargs)
+            return method
+        raise AttributeError(name)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> str:
+        assert self.member == "__call__", f"called, but vLLM's object has {self.member}"
+        return self._take(*args, **kwargs)
+
+
+def _signature_014(spec: str) -> inspect.Signature:
+    """A signature with 0.14.0's recorded parameter names (all positional-or-keyword,
+    ``raw_request`` defaulting to None as it does there)."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature([
+        inspect.Parameter(n, kind, **({"default": None} if n == "raw_request" else {}))
+        for n in params_014(spec)])
+
+
+def _handler_call(endpoint: Any, serving: Any, body: Any) -> Any:
+    from workers.handler import Handler
+
+    engine: Any = SimpleNamespace()  # call() uses no engine
+    handler = Handler(engine, send=lambda msg: pytest.fail("nothing is sent"))
+    return asyncio.run(handler.call(endpoint, serving, body))
+
+
+@pytest.mark.parametrize(("endpoint", "spec", "member"), [
+    ("CHAT", "vllm.entrypoints.openai.serving_chat:OpenAIServingChat.create_chat_completion",
+     "create_chat_completion"),
+    ("COMPLETION", "vllm.entrypoints.openai.serving_completion:OpenAIServingCompletion."
+                   "create_completion", "create_completion"),
+    ("EMBEDDINGS", "vllm.entrypoints.pooling.embed.serving:OpenAIServingEmbedding."
+                   "create_embedding", "create_embedding"),
+    ("RESPONSES", "vllm.entrypoints.openai.serving_responses:OpenAIServingResponses."
+                  "create_responses", "create_responses"),
+])
+def test_the_handler_calls_014s_serving_methods_as_they_are_recorded(
+        endpoint: str, spec: str, member: str) -> None:
+    from shared import protocol as p
+
+    assert params_014(spec) == ["self", "request", "raw_request"]
+    module, qualname = spec.split(":")
+    assert qualname.split(".")[1] in v014()["classes"][f"{module}:{qualname.split('.')[0]}"][
+        "members"]
+    serving, body = _Recorder(member, _signature_014(spec)), object()
+    assert _handler_call(p.Endpoint[endpoint], serving, body) == "answer"
+    assert serving.bound == {"request": body, "raw_request": None}
+
+
+def test_014s_embedding_and_responses_serving_map_errors_as_openai_serving_does() -> None:
+    """The handler maps an exception with the serving object's create_error_response
+    (a method of OpenAIServing in 0.14.0): the pooling and responses objects are ones."""
+    classes = v014()["classes"]
+    embed = "vllm.entrypoints.pooling.embed.serving"
+    assert classes[f"{embed}:OpenAIServingEmbedding"]["bases"] == ["EmbeddingMixin"]
+    assert classes[f"{embed}:EmbeddingMixin"]["bases"] == ["OpenAIServing"]
+    assert "OpenAIServing" in v014()["modules"][embed]  # imported from serving_engine
+    assert classes["vllm.entrypoints.openai.serving_responses:OpenAIServingResponses"][
+        "bases"] == ["OpenAIServing"]
+
+
+def test_014s_request_bodies_have_the_fields_the_worker_and_gateway_set() -> None:
+    classes = v014()["classes"]
+    embedding = set(classes["vllm.entrypoints.pooling.embed.protocol:"
+                            "EmbeddingCompletionRequest"]["members"])
+    # handler.parse sets request_id; ollama_body sends truncate_prompt_tokens, dimensions
+    assert {"request_id", "input", "truncate_prompt_tokens", "dimensions",
+            "encoding_format"} <= embedding
+    responses = set(classes["vllm.entrypoints.openai.protocol:ResponsesRequest"]["members"])
+    assert {"request_id", "input", "stream", "store", "previous_response_id",
+            "background"} <= responses
+    assert "EmbeddingRequest" in v014()["modules"]["vllm.entrypoints.pooling.embed.protocol"]
+
+
+def test_the_handler_calls_032s_embedding_and_responses_serving_as_they_are() -> None:
+    from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
+    from vllm.entrypoints.pooling.embed.serving import ServingEmbedding
+
+    from shared import protocol as p
+
+    # 0.32's pooling serving objects are called; they have no create_embedding.
+    assert not hasattr(ServingEmbedding, "create_embedding")
+    serving, body = _Recorder("__call__", inspect.signature(ServingEmbedding.__call__)), object()
+    assert _handler_call(p.Endpoint.EMBEDDINGS, serving, body) == "answer"
+    assert serving.bound == {"request": body, "raw_request": None}
+    responses = _Recorder("create_responses",
+                          inspect.signature(OpenAIServingResponses.create_responses))
+    assert _handler_call(p.Endpoint.RESPONSES, responses, body) == "answer"
+    assert responses.bound == {"request": body, "raw_request": None}
 
 
 @pytest.mark.parametrize("profile", ["jetson", "gpu", "cpu"])

@@ -1,0 +1,236 @@
+"""gateway/embeddings.py: the checks before routing, and Ollama's embeddings shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway import embeddings as e
+from gateway.errors import BadRequest
+from shared import protocol as p
+
+LIMITS = {"max_inputs": 3, "max_model_len": 4}
+
+
+def refused(body: dict[str, Any], **limits: int) -> BadRequest:
+    with pytest.raises(BadRequest) as caught:
+        e.check_openai(body, **{**LIMITS, **limits})
+    assert caught.value.status == 400
+    return caught.value
+
+
+# ----- check_openai ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [
+    "hello",
+    ["a", "b", "c"],
+    [1, 2, 3, 4],  # one input of token ids, exactly the context
+    [[1, 2], [0], [3, 4, 5, 6]],
+])
+def test_the_input_shapes_vllm_takes_are_accepted(value: Any) -> None:
+    body = {"input": value}
+    e.check_openai(body, **LIMITS)  # raises nothing
+    assert body == {"input": value}  # checked, not changed
+
+
+@pytest.mark.parametrize(("extra", "why"), [
+    ({"encoding_format": "float"}, "the default"),
+    ({"encoding_format": "base64"}, "the other encoding"),
+    ({"dimensions": 1}, "the smallest"),
+    ({"dimensions": None}, "unset"),
+])
+def test_encodings_and_dimensions_that_are_accepted(extra: dict[str, Any], why: str) -> None:
+    e.check_openai({"input": "x", **extra}, **LIMITS)
+
+
+def test_input_is_required() -> None:
+    err = refused({"model": "all-minilm"})
+    assert err.param == "input" and err.message.startswith("`input` is required")
+
+
+@pytest.mark.parametrize("value", [
+    None, 3, {"text": "x"}, [], [[]], ["a", 1], [[1, 2], "a"], [1, "a"], [-1], [[1, -2]],
+    [True, False], [[1, 2], [True]], [1.5], [[1], 2],
+])
+def test_malformed_inputs_are_refused(value: Any) -> None:
+    err = refused({"input": value})
+    assert err.param == "input"
+    assert "must be a string, a non-empty list of strings, a list of token ids" in err.message
+
+
+def test_too_many_inputs_name_the_limit() -> None:
+    err = refused({"input": ["a", "b", "c", "d"]})
+    assert err.param == "input"
+    assert err.message == ("4 inputs; the limit is 3 per request "
+                           "(server.max_embedding_inputs)")
+    refused({"input": [[1], [2], [3], [4]]})
+    # one list of token ids is one input, however long (its length is the context check)
+    e.check_openai({"input": [1, 2, 3]}, max_inputs=1, max_model_len=4)
+
+
+@pytest.mark.parametrize(("value", "where"), [("", "input"), (["a", ""], "input[1]")])
+def test_an_empty_string_is_refused_naming_which(value: Any, where: str) -> None:
+    err = refused({"input": value})
+    assert err.message == (f"`{where}` is an empty string; each input must hold some text")
+    assert err.param == "input"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ([1, 2, 3, 4, 5], "`input` has 5 tokens; this model's context is 4"),
+    ([[1], [1, 2, 3, 4, 5, 6]], "`input[1]` has 6 tokens; this model's context is 4"),
+])
+def test_token_ids_longer_than_the_context_are_refused(value: Any, message: str) -> None:
+    err = refused({"input": value})
+    assert (err.message, err.param) == (message, "input")
+
+
+def test_strings_are_not_measured_here() -> None:
+    # The gateway has no tokenizer: vLLM refuses a long string in the worker.
+    e.check_openai({"input": "word " * 100}, **LIMITS)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "FLOAT", None, 1])
+def test_an_unknown_encoding_format_is_refused(fmt: Any) -> None:
+    err = refused({"input": "x", "encoding_format": fmt})
+    assert err.param == "encoding_format"
+    assert err.message == f"`encoding_format` must be one of float, base64, not {fmt!r}"
+
+
+@pytest.mark.parametrize("dims", [0, -3, 1.5, "384", True, False])
+def test_dimensions_must_be_a_positive_integer(dims: Any) -> None:
+    err = refused({"input": "x", "dimensions": dims})
+    assert (err.param, err.message) == ("dimensions", "`dimensions` must be a positive integer")
+
+
+def test_the_input_is_checked_before_the_encoding() -> None:
+    assert refused({"input": [], "encoding_format": "int8"}).param == "input"
+
+
+# ----- Ollama's requests -------------------------------------------------------------------
+
+
+def test_decode_ollama_takes_each_shape_and_refuses_a_bad_one() -> None:
+    embed = e.decode_ollama({"model": "all-minilm", "input": ["a", "b"], "truncate": False},
+                            "embed")
+    assert isinstance(embed, e.EmbedRequest)
+    assert (embed.input, embed.truncate) == (["a", "b"], False)
+    legacy = e.decode_ollama({"model": "all-minilm", "prompt": "a"}, "embeddings")
+    assert isinstance(legacy, e.LegacyEmbeddingsRequest) and legacy.prompt == "a"
+    with pytest.raises(BadRequest) as caught:
+        e.decode_ollama({"model": "m", "input": 3}, "embed")
+    assert caught.value.status == 400 and "$.input" in caught.value.message
+    # As Ollama's own decoder does, unknown fields are ignored: the legacy API's text is
+    # `prompt`, so an `input` there embeds nothing.
+    ignored = e.decode_ollama({"model": "m", "input": "x"}, "embeddings")
+    assert e.ollama_inputs(ignored) == []
+
+
+def test_ollama_inputs() -> None:
+    assert e.ollama_inputs(e.EmbedRequest(input="a")) == ["a"]
+    assert e.ollama_inputs(e.EmbedRequest(input=["a", "b"])) == ["a", "b"]
+    assert e.ollama_inputs(e.EmbedRequest()) == []
+    assert e.ollama_inputs(e.EmbedRequest(input=[])) == []
+    assert e.ollama_inputs(e.LegacyEmbeddingsRequest(prompt="a")) == ["a"]
+    assert e.ollama_inputs(e.LegacyEmbeddingsRequest()) == []
+
+
+def test_ollama_body_truncates_to_the_context_unless_told_not_to() -> None:
+    assert e.ollama_body(e.EmbedRequest(model="all-minilm:l6-v2", input="a"), "all-minilm") == {
+        "model": "all-minilm", "input": ["a"], "encoding_format": "float",
+        "truncate_prompt_tokens": -1}
+    assert e.ollama_body(e.EmbedRequest(input=["a", "b"], truncate=False), "m") == {
+        "model": "m", "input": ["a", "b"], "encoding_format": "float"}
+
+
+def test_ollama_body_passes_dimensions() -> None:
+    body = e.ollama_body(e.EmbedRequest(input="a", truncate=False, dimensions=128), "m")
+    assert body == {"model": "m", "input": ["a"], "encoding_format": "float",
+                    "dimensions": 128}
+
+
+def test_the_legacy_body_has_no_truncation_or_dimensions() -> None:
+    assert e.ollama_body(e.LegacyEmbeddingsRequest(prompt="a"), "m") == {
+        "model": "m", "input": ["a"], "encoding_format": "float"}
+
+
+def test_ollama_bodies_pass_the_openai_checks() -> None:
+    body = e.ollama_body(e.EmbedRequest(input=["a", "b"], dimensions=8), "m")
+    e.check_openai(body, **LIMITS)
+
+
+# ----- answers ----------------------------------------------------------------------------
+
+ANSWER = msgspec.json.encode({
+    "id": "embd-1", "object": "list", "model": "all-minilm", "created": 1,
+    "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.25]},
+             {"object": "embedding", "index": 1, "embedding": [1.0, 0.0]}],
+    "usage": {"prompt_tokens": 7, "total_tokens": 7, "completion_tokens": 0},
+})
+
+
+def test_usage_of_counts_inputs_and_tokens() -> None:
+    assert e.usage_of(ANSWER) == (2, 7)
+    assert e.usage_of(b'{"data": [{"embedding": [1]}]}') == (1, 0)  # no usage
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b'{"error": {"message": "x"}}',
+                                  b'{"data": 3}'])
+def test_usage_of_an_unreadable_or_error_answer_is_nothing(body: bytes) -> None:
+    assert e.usage_of(body) == (0, 0)
+
+
+def ticking(*values: int) -> Any:
+    it: Iterator[int] = iter(values)
+    return lambda: next(it)
+
+
+def test_the_embed_answer_has_ollamas_fields_and_durations() -> None:
+    fmt = e.OllamaEmbedFormat(model="all-minilm:22m", kind="embed",
+                              clock=ticking(1_000, 4_000, 10_000))
+    fmt.loaded()
+    assert msgspec.json.decode(fmt.response(ANSWER)) == {
+        "model": "all-minilm:22m", "embeddings": [[0.5, -0.25], [1.0, 0.0]],
+        "total_duration": 9_000, "load_duration": 3_000, "prompt_eval_count": 7}
+
+
+def test_without_a_load_the_load_duration_is_zero() -> None:
+    fmt = e.OllamaEmbedFormat(model="m", kind="embed", clock=ticking(5, 12))
+    answer = msgspec.json.decode(fmt.response(ANSWER))
+    assert (answer["total_duration"], answer["load_duration"]) == (7, 0)
+
+
+def test_the_legacy_answer_is_one_embedding() -> None:
+    fmt = e.OllamaEmbedFormat(model="m", kind="embeddings", clock=ticking(0))
+    assert msgspec.json.decode(fmt.response(ANSWER)) == {"embedding": [0.5, -0.25]}
+    assert msgspec.json.decode(fmt.response(b'{"data": []}')) == {"embedding": []}
+
+
+def test_the_answer_to_no_input() -> None:
+    fmt = e.OllamaEmbedFormat(model="m", kind="embed", clock=ticking(100, 150, 400))
+    fmt.loaded()
+    assert msgspec.json.decode(fmt.empty()) == {
+        "model": "m", "embeddings": [], "total_duration": 300, "load_duration": 50,
+        "prompt_eval_count": 0}
+    legacy = e.OllamaEmbedFormat(model="m", kind="embeddings", clock=ticking(0))
+    assert msgspec.json.decode(legacy.empty()) == {"embedding": []}
+
+
+@pytest.mark.parametrize("kind", ["embed", "embeddings"])
+def test_an_unreadable_answer_is_an_ollama_error(kind: e.EmbedKind) -> None:
+    fmt = e.OllamaEmbedFormat(model="m", kind=kind, clock=ticking(0, 1))
+    for body in (b"{", b'{"object": "error", "message": "bad"}'):
+        assert msgspec.json.decode(fmt.response(body)) == {
+            "error": "the embedding model answered something unreadable"}
+
+
+def test_errors_are_in_ollamas_shape_and_nothing_streams() -> None:
+    fmt = e.OllamaEmbedFormat(model="m", kind="embed", clock=ticking(0))
+    err = p.Error(request_id="r", kind=p.ErrorKind.BAD_REQUEST, status=400, message="too long")
+    assert msgspec.json.decode(fmt.error(err)) == {"error": "too long"}
+    assert msgspec.json.decode(fmt.stream_error(err)) == {"error": "too long"}
+    assert (fmt.chunk("data: x\n\n"), fmt.end()) == (b"", b"")
+    assert fmt.stream_content_type.startswith(b"application/json")
