@@ -90,8 +90,7 @@ def _running_pid(cfg: cfgmod.LoadedConfig) -> int | None:
 def cmd_up(args: argparse.Namespace) -> int:
     """Start the server in the background and return once it is healthy."""
     cfg = _load(args)
-    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    url = f"http://{host}:{cfg.server.port}"
+    url = server_url(cfg)
     if (pid := _running_pid(cfg)) is not None:
         print(f"zoe-vllm is already running (pid {pid}) at {url}")
         return 0
@@ -165,8 +164,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from gateway.security import load_keys
 
     cfg = _load(args)
-    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    url = f"http://{host}:{cfg.server.port}"
+    url = server_url(cfg)
     key = next(iter(load_keys(cfg)), None)
     status, body = status_table.fetch(f"{url}/health", key)
     if body is None:
@@ -180,12 +178,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def server_url(cfg: cfgmod.LoadedConfig) -> str:
+    """Where this machine reaches the configured server (a wildcard bind via loopback)."""
+    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{host}:{cfg.server.port}"
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Ask the running server to unload and load a model again (also from FAILED)."""
+    from gateway.security import load_keys
+
     cfg = _load(args)
-    url = f"http://127.0.0.1:{cfg.server.port}/admin/models/{args.model}/reload"
+    url = f"{server_url(cfg)}/admin/models/{args.model}/reload"
     headers = {}
-    key = os.environ.get("ZOE_VLLM_API_KEYS", "").split(",")[0].strip()
+    # The server's own keys (config, ZOE_VLLM_API_KEYS, keys file), as `status` uses them.
+    key = next(iter(load_keys(cfg)), None)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     req = urllib.request.Request(url, method="POST", headers=headers)

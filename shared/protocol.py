@@ -165,8 +165,6 @@ _DECODERS: dict[int, msgspec.msgpack.Decoder[Any]] = {
 }
 _ENCODER = msgspec.msgpack.Encoder()
 
-TO_WORKER = frozenset({MsgType.REQUEST, MsgType.ABORT, MsgType.PROBE, MsgType.SHUTDOWN})
-
 
 class ProtocolError(ValueError):
     """A frame that is not a valid message of this protocol."""

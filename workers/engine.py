@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -51,7 +50,6 @@ class EngineStats:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.on_change = on_change
-        self.updated_at = 0.0
 
     def snapshot(self, active_requests: int) -> Stats:
         hit_rate = self._prefix_hits / self._prefix_queries if self._prefix_queries else 0.0
@@ -82,7 +80,6 @@ class EngineStats:
         prefix = scheduler_stats.prefix_cache_stats
         self._prefix_queries += int(getattr(prefix, "queries", 0))
         self._prefix_hits += int(getattr(prefix, "hits", 0))
-        self.updated_at = time.monotonic()
         if changed and self.on_change is not None:
             self.on_change()
 

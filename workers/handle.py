@@ -50,7 +50,6 @@ class WorkerInfo:
     pid: int | None = None
     stage: str = ""
     detail: str = ""
-    started_at: float | None = None
     ready_at: float | None = None
     ready_mono: float = 0.0
     load_seconds: float | None = None

@@ -51,7 +51,6 @@ class Supervisor:
         self.swap_lock = asyncio.Lock()  # one swap (two workers) at a time
         self.swapped_out: dict[str, str] = {}  # displaced model -> on-demand model
         self._loading: dict[str, asyncio.Task[bool]] = {}
-        self.started_at = time.time()
         self.closing = False
 
     # ----- logs -----------------------------------------------------------
@@ -161,7 +160,6 @@ class Supervisor:
         finally:
             logf.close()
         w.info.pid = w.proc.pid
-        w.info.started_at = time.time()
         w.watcher = asyncio.create_task(self._watch(w, w.proc))
 
     async def _watch(self, w: WorkerHandle, proc: asyncio.subprocess.Process) -> None:
