@@ -19,7 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import capabilities, embeddings, errors, observability, responses_api
+from gateway import (
+    capabilities,
+    chat_checks,
+    embeddings,
+    errors,
+    observability,
+    responses_api,
+)
 from gateway.admission import Admission
 from gateway.errors import BadRequest
 from gateway.formats import Format, OpenAIFormat
@@ -168,6 +175,7 @@ class Gateway:
             if not isinstance(messages, list) or not messages:
                 raise BadRequest(400, "`messages` must be a non-empty list of messages",
                                  param="messages")
+            chat_checks.check_messages_shape(messages)
             await self.check_messages(messages)
         elif endpoint is p.Endpoint.RESPONSES:
             responses_api.check(body)
@@ -176,6 +184,7 @@ class Gateway:
             responses_api.restore_image_parts(body)
         elif "prompt" not in body:
             raise BadRequest(400, "`prompt` is required", param="prompt")
+        chat_checks.check_sampling(body)
         decision = self.router.route(view)
         self.check_serves(decision.model, endpoint)
         if not self.serves_tools(view, decision.model):

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import capabilities, embeddings
+from gateway import capabilities, chat_checks, embeddings
 from gateway.app import Gateway
 from gateway.embeddings import EmbedKind
 from gateway.errors import BadRequest
@@ -128,7 +128,9 @@ class OllamaApi:
                     return await self.load_or_unload(req.model, kind, keep_s)
                 endpoint, body = generate_body(req)
             if endpoint is p.Endpoint.CHAT:
+                chat_checks.check_messages_shape(body["messages"])
                 await self.gw.check_messages(body["messages"])
+            chat_checks.check_sampling(body)
             decision = self.gw.router.route(body)
             if not capabilities.serves(self.gw.cfg.model(decision.model), endpoint):
                 raise OllamaError(400, f"{json.dumps(req.model)} does not support {kind}")

@@ -186,7 +186,7 @@ _RESPONSES_REQUEST = {
         "instructions": {"type": "string"},
         "max_output_tokens": {"type": "integer", "minimum": 1},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1, "exclusiveMinimum": True},
         "stream": {"type": "boolean"},
         "store": {"type": "boolean", "description": "accepted; nothing is stored"},
         "tools": {"type": "array", "items": {

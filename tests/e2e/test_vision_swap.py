@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import REQUEST_WAIT_S, VISION_IDLE_S, Stack
+from tests.e2e.conftest import REQUEST_WAIT_S, VISION_IDLE_S, Stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -69,3 +69,32 @@ def test_corrupt_image_is_a_client_error(stack: Stack) -> None:
     r = httpx.post(f"{stack.v1}/chat/completions", json=body, timeout=60)
     assert r.status_code == 400, r.text
     assert "image" in r.json()["error"]["message"].lower()
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": ["hi"]}, "messages[0]"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages[0].content[0].text"),
+    ({"temperature": -1}, "temperature"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"max_tokens": 2.5}, "max_tokens"),
+    ({"n": 0}, "n"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}]}]},
+     "image"),
+])
+def test_an_invalid_body_to_the_vision_model_costs_nothing(
+        stack: Stack, change: dict[str, object], needle: str) -> None:
+    """Refused before routing: the on-demand model is not loaded, nothing is swapped out."""
+    before = wait_for(lambda: (w := stack.worker(VISION))["state"] == "stopped" and w,
+                      VISION_IDLE_S + 120, "the vision model to be unloaded", every=0.5)
+    body = {"model": VISION, **image_chat((0, 0, 200)), **change}
+    r = httpx.post(f"{stack.v1}/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]["message"]
+    after = stack.worker(VISION)
+    assert after["state"] == "stopped" and after["swapped_in"] == before["swapped_in"]
+    assert stack.worker(TOOLS)["state"] == "ready"
