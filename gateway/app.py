@@ -140,7 +140,7 @@ class Gateway:
     async def openai_call(self, request: Request, endpoint: p.Endpoint) -> Any:
         try:
             body = await self.read_json(request)
-            decision = await self.check_openai(endpoint, body)
+            decision, view = await self.check_openai(endpoint, body)
         except BadRequest as exc:
             # A stalled body leaves the connection mid-request: close it, don't keep it alive.
             close = {"connection": "close"} if exc.status == 408 else None
@@ -153,11 +153,15 @@ class Gateway:
                 404, f"The model {exc.name!r} does not exist. Known models and aliases: "
                      f"{', '.join(exc.known)}", param="model", code="model_not_found")
         fmt = responses_api.ResponsesFormat() if endpoint is p.Endpoint.RESPONSES else None
-        return self.relay(endpoint, body, body.get("stream", False), decision, fmt=fmt)
+        # An embeddings answer is one JSON body, whatever `stream` says.
+        stream = body.get("stream", False) and endpoint is not p.Endpoint.EMBEDDINGS
+        return self.relay(endpoint, body, stream, decision, fmt=fmt, view=view)
 
-    async def check_openai(self, endpoint: p.Endpoint, body: dict[str, Any]) -> Decision:
+    async def check_openai(self, endpoint: p.Endpoint, body: dict[str, Any]
+                           ) -> tuple[Decision, dict[str, Any]]:
         """Everything that can be refused before a model is loaded or a slot taken; the
-        routing decision for the rest."""
+        routing decision for the rest, and the body as routing saw it (a Responses
+        request's chat view)."""
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise BadRequest(400, "`model` must be a string", param="model")
@@ -168,7 +172,7 @@ class Gateway:
             embeddings.check_openai(
                 body, max_inputs=self.cfg.server.max_embedding_inputs,
                 max_model_len=self.cfg.model(decision.model).max_model_len)
-            return decision
+            return decision, body
         view = body
         if endpoint is p.Endpoint.CHAT:
             messages = body.get("messages")
@@ -176,12 +180,9 @@ class Gateway:
                 raise BadRequest(400, "`messages` must be a non-empty list of messages",
                                  param="messages")
             chat_checks.check_messages_shape(messages)
-            await self.check_messages(messages)
         elif endpoint is p.Endpoint.RESPONSES:
             responses_api.check(body)
             view = responses_api.chat_view(body)
-            await self.check_messages(view["messages"])
-            responses_api.restore_image_parts(body)
         elif "prompt" not in body:
             raise BadRequest(400, "`prompt` is required", param="prompt")
         chat_checks.check_sampling(body)
@@ -192,7 +193,13 @@ class Gateway:
                 400, f"model {decision.model!r} does not support tools (function "
                      f"calling); models that do: {', '.join(self.tool_models()) or 'none'}",
                 param="tools", code="tools_not_supported")
-        return decision
+        if "messages" in view:
+            # Last: decoding (or fetching) images is the dearest check, and a model that
+            # cannot serve the request must not make the gateway fetch anything.
+            await self.check_messages(view["messages"])
+            if endpoint is p.Endpoint.RESPONSES:
+                responses_api.restore_image_parts(body)
+        return decision, view
 
     def check_serves(self, model: str, endpoint: p.Endpoint) -> None:
         m = self.cfg.model(model)
@@ -215,12 +222,14 @@ class Gateway:
         return decision
 
     def relay(self, endpoint: p.Endpoint, body: dict[str, Any], stream: bool,
-              decision: Decision, fmt: Format | None = None) -> Relay:
-        """The ASGI app that serves a routed OpenAI-shaped ``body`` in format ``fmt``."""
+              decision: Decision, fmt: Format | None = None,
+              view: dict[str, Any] | None = None) -> Relay:
+        """The ASGI app that serves a routed OpenAI-shaped ``body`` in format ``fmt``;
+        ``view`` is the body as routing saw it, when that differs."""
         self.metrics.routed(decision.model, decision.reason)
         # A fallback that cannot serve the request would only fail it again.
         chain = [decision.model, *(m for m in fallback_chain(self.cfg.config, decision.model)
-                                   if self.serves_tools(body, m)
+                                   if self.serves_tools(view or body, m)
                                    and capabilities.serves(self.cfg.model(m), endpoint))]
         return Relay(backends=self.sup.backends, admission=self.admission,
                      metrics=self.metrics,

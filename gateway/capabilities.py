@@ -30,6 +30,10 @@ def models_serving(cfg: LoadedConfig, endpoint: p.Endpoint) -> list[str]:
 def refusal(cfg: LoadedConfig, model: ModelConfig, endpoint: p.Endpoint) -> str:
     """Why ``model`` cannot serve ``endpoint``, naming the models that can."""
     others = ", ".join(models_serving(cfg, endpoint)) or "none on this server"
-    kind = "an embedding model" if model.role is Role.EMBEDDING else "a chat model"
-    return (f"model {model.name!r} is {kind} and does not serve {WHAT[endpoint]}; "
-            f"models that do: {others}")
+    if model.role is Role.EMBEDDING:
+        why = "is an embedding model and does not serve " + WHAT[endpoint]
+    elif endpoint is p.Endpoint.RESPONSES:
+        why = "is served by a remote Ollama server, which has no Responses API"
+    else:
+        why = "is a chat model and does not serve " + WHAT[endpoint]
+    return f"model {model.name!r} {why}; models that do: {others}"

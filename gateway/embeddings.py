@@ -12,9 +12,10 @@ ids are counted here.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -32,6 +33,11 @@ def check_openai(body: dict[str, Any], *, max_inputs: int, max_model_len: int) -
         raise BadRequest(400, "`input` is required: a string, a list of strings, or token "
                               "ids", param="input")
     items = _items(body["input"])
+    truncate = body.get("truncate_prompt_tokens")
+    if truncate is not None and (not isinstance(truncate, int) or isinstance(truncate, bool)
+                                 or truncate < -1):
+        raise BadRequest(400, "`truncate_prompt_tokens` must be an integer ≥ -1 (-1: the "
+                              "model's context)", param="truncate_prompt_tokens")
     if len(items) > max_inputs:
         raise BadRequest(400, f"{len(items)} inputs; the limit is {max_inputs} per request "
                               "(server.max_embedding_inputs)", param="input")
@@ -41,7 +47,7 @@ def check_openai(body: dict[str, Any], *, max_inputs: int, max_model_len: int) -
             if not item:
                 raise BadRequest(400, f"`{where}` is an empty string; each input must hold "
                                       "some text", param="input")
-        elif len(item) > max_model_len:
+        elif truncate is None and len(item) > max_model_len:
             raise BadRequest(400, f"`{where}` has {len(item)} tokens; this model's context "
                                   f"is {max_model_len}", param="input")
     fmt = body.get("encoding_format", "float")
@@ -80,7 +86,7 @@ class EmbedRequest(msgspec.Struct):
     model: str = ""
     input: str | list[str] | None = None
     truncate: bool = True
-    dimensions: int | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=0)] | None = None
     options: dict[str, Any] | None = None
     keep_alive: str | int | float | None = None
 
@@ -107,21 +113,22 @@ def decode_ollama(raw: dict[str, Any], kind: EmbedKind
 def ollama_inputs(req: EmbedRequest | LegacyEmbeddingsRequest) -> list[str]:
     if isinstance(req, LegacyEmbeddingsRequest):
         return [req.prompt] if req.prompt else []
-    if req.input is None:
+    if not req.input:  # Ollama: no input, or an empty string, only loads the model
         return []
     return [req.input] if isinstance(req.input, str) else list(req.input)
 
 
-def ollama_body(req: EmbedRequest | LegacyEmbeddingsRequest, model: str) -> dict[str, Any]:
+def ollama_body(req: EmbedRequest | LegacyEmbeddingsRequest, model: str, *,
+                vllm: bool) -> dict[str, Any]:
     """The OpenAI body for an Ollama embeddings request with some input. Ollama truncates
-    to the context unless told not to (then a long input is an error, as there)."""
+    to the context unless told not to (then a long input is an error, as there); the cut
+    is vLLM's ``truncate_prompt_tokens``, which only a ``vllm`` model is sent (OpenAI's
+    API refuses unknown fields). ``dimensions`` is applied by :class:`OllamaEmbedFormat`,
+    as Ollama does for any model."""
     body: dict[str, Any] = {"model": model, "input": ollama_inputs(req),
                             "encoding_format": "float"}
-    if isinstance(req, EmbedRequest):
-        if req.truncate:
-            body["truncate_prompt_tokens"] = -1
-        if req.dimensions is not None:
-            body["dimensions"] = req.dimensions
+    if isinstance(req, EmbedRequest) and req.truncate and vllm:
+        body["truncate_prompt_tokens"] = -1
     return body
 
 
@@ -159,9 +166,11 @@ class OllamaEmbedFormat:
 
     stream_content_type = JSON
 
-    def __init__(self, *, model: str, kind: EmbedKind,
+    def __init__(self, *, model: str, kind: EmbedKind, dimensions: int | None = None,
                  clock: Callable[[], int] = time.perf_counter_ns) -> None:
         self.model, self.kind, self.clock = model, kind, clock
+        # Ollama's `dimensions`: the first n values, normalised again (0: unset).
+        self.dimensions = dimensions or None
         self.t0 = clock()
         self.t_loaded: int | None = None
 
@@ -179,10 +188,17 @@ class OllamaEmbedFormat:
             answer = msgspec.json.decode(body, type=_Answer)
         except msgspec.DecodeError:
             return ollama_error_body("the embedding model answered something unreadable")
-        vectors = [d.embedding for d in answer.data]
+        vectors = [self._cut(d.embedding) for d in answer.data]
         if self.kind == "embeddings":
             return msgspec.json.encode({"embedding": vectors[0] if vectors else []})
         return self._answer(vectors, answer.usage.prompt_tokens)
+
+    def _cut(self, vector: list[float]) -> list[float]:
+        if self.dimensions is None or self.dimensions >= len(vector):
+            return vector
+        head = vector[: self.dimensions]
+        norm = math.sqrt(sum(x * x for x in head))
+        return [x / norm for x in head] if norm > 0 else head
 
     def _answer(self, vectors: list[list[float]], tokens: int) -> bytes:
         now = self.clock()

@@ -36,7 +36,7 @@ from gateway.ollama_translate import (
 from gateway.relay import Receive, Relay, Scope, Send
 from gateway.router import Decision, UnknownModel
 from shared import protocol as p
-from shared.config import ModelConfig, fallback_chain
+from shared.config import Backend, ModelConfig, fallback_chain
 from shared.process_tree import tree_rss
 from workers.lifecycle import State
 
@@ -129,13 +129,14 @@ class OllamaApi:
                 endpoint, body = generate_body(req)
             if endpoint is p.Endpoint.CHAT:
                 chat_checks.check_messages_shape(body["messages"])
-                await self.gw.check_messages(body["messages"])
             chat_checks.check_sampling(body)
             decision = self.gw.router.route(body)
             if not capabilities.serves(self.gw.cfg.model(decision.model), endpoint):
                 raise OllamaError(400, f"{json.dumps(req.model)} does not support {kind}")
             if not self.gw.serves_tools(body, decision.model):
                 raise OllamaError(400, f"{json.dumps(req.model)} does not support tools")
+            if endpoint is p.Endpoint.CHAT:  # last: images are the dearest check
+                await self.gw.check_messages(body["messages"])
             self.clamp_max_tokens(body, decision.model)
         except (OllamaError, BadRequest) as exc:
             return error(exc.status, exc.message)
@@ -174,6 +175,9 @@ class OllamaApi:
         """An empty chat/generate loads the model, or with keep_alive 0 unloads it."""
         t0 = time.perf_counter_ns()
         m = self.model(name)
+        endpoint = p.Endpoint.CHAT if kind == "chat" else p.Endpoint.COMPLETION
+        if not capabilities.serves(m, endpoint):
+            raise OllamaError(400, f"{json.dumps(name)} does not support {kind}")
         if keep_s == 0:
             await self.keep.unload(m.name, "unloaded by a client (keep_alive 0)")
             total = time.perf_counter_ns() - t0
@@ -253,14 +257,16 @@ class OllamaApi:
             m = self.model(req.model)
             if not capabilities.serves(m, p.Endpoint.EMBEDDINGS):
                 raise OllamaError(400, f"{json.dumps(req.model)} does not support embeddings")
-            fmt = embeddings.OllamaEmbedFormat(model=req.model, kind=kind)
+            fmt = embeddings.OllamaEmbedFormat(
+                model=req.model, kind=kind,
+                dimensions=req.dimensions if isinstance(req, embeddings.EmbedRequest) else None)
             if not embeddings.ollama_inputs(req):
                 if not await self.keep.load(m.name, self.gw.ensure_ready):
                     raise OllamaError(503, f'model "{req.model}" could not be loaded')
                 fmt.loaded()
                 self.keep.after_request(m.name, keep_s)
                 return ok_raw(fmt.empty())
-            body = embeddings.ollama_body(req, m.name)
+            body = embeddings.ollama_body(req, m.name, vllm=m.backend is Backend.VLLM)
             embeddings.check_openai(body, max_inputs=self.gw.cfg.server.max_embedding_inputs,
                                     max_model_len=m.max_model_len)
         except (OllamaError, BadRequest) as exc:

@@ -133,11 +133,14 @@ _EMBEDDING_REQUEST = {
     "properties": {
         "model": {"type": "string", "description": "an embedding model (absent: the "
                                                    "profile's embedding model)"},
-        "input": {"oneOf": [
+        "input": {"description": "at most server.max_embedding_inputs (256) inputs",
+                  "oneOf": [
             {"type": "string", "minLength": 1},
             {"type": "array", "minItems": 1, "maxItems": 256,
              "items": {"type": "string", "minLength": 1}},
-            {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}]},
+            {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
+            {"type": "array", "minItems": 1, "maxItems": 256, "items": {
+                "type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}}]},
         "encoding_format": {"type": "string", "enum": ["float", "base64"]},
         "dimensions": {"type": "integer", "minimum": 1},
         "user": {"type": "string"},
@@ -171,6 +174,10 @@ _RESPONSES_ITEM = {"oneOf": [
                                             "type": {"type": "string",
                                                      "enum": ["input_text"]},
                                             "text": {"type": "string"}}}}]}}},
+    {"type": "object", "required": ["type", "call_id", "name", "arguments"], "properties": {
+        "type": {"type": "string", "enum": ["function_call"]},
+        "call_id": {"type": "string"}, "name": {"type": "string"},
+        "arguments": {"type": "string", "description": "a JSON object, as text"}}},
     {"type": "object", "required": ["type", "call_id", "output"], "properties": {
         "type": {"type": "string", "enum": ["function_call_output"]},
         "call_id": {"type": "string"}, "output": {"type": "string"}}},

@@ -366,6 +366,9 @@ def _check(config: Config, where: str) -> None:
                 fail(f"`$.models[{i}].swap_out` {m.swap_out!r} is not another configured model")
             if m.swap_out == default:
                 fail(f"`$.models[{i}].swap_out` cannot unload the default model {default!r}")
+            if next(x for x in config.models if x.name == m.swap_out).on_demand:
+                fail(f"`$.models[{i}].swap_out` {m.swap_out!r} is on demand itself: it "
+                     "unloads when idle, so there is nothing to give back")
         if m.max_num_batched_tokens < m.max_model_len and not m.enable_chunked_prefill:
             fail(f"`$.models[{i}]`: max_num_batched_tokens ({m.max_num_batched_tokens}) "
                  f"< max_model_len ({m.max_model_len}) needs enable_chunked_prefill: true")
@@ -381,6 +384,8 @@ def _check_embedding_models(config: Config, fail: Any) -> None:
     """An embedding model answers embeddings only, so it never stands in for a chat model
     (nor one for it), and it is not the default a chat request without a model gets."""
     role = {m.name: m.role for m in config.models}
+    if config.routing.reasoning_role is Role.EMBEDDING:
+        fail("`routing.reasoning_role` cannot be embedding: keyword routing picks a chat model")
     if role[config.server.default_model] is Role.EMBEDDING:
         fail(f"the default model {config.server.default_model!r} is an embedding model; "
              "the default must be able to chat")

@@ -111,12 +111,19 @@ class RemoteBackend:
                     out = ollama.response(raw) if ollama is not None else raw
                     call.queue.put_nowait(p.Response(request_id=rid, status=200, body=out))
                     return
+                event: list[str] = []  # an SSE event's lines (the Responses API's are two)
                 async for line in resp.aiter_lines():
-                    if not line.strip():
-                        continue
-                    pieces = ollama.chunk(line) if ollama is not None else [line + "\n\n"]
-                    for data in pieces:
-                        call.queue.put_nowait(p.Chunk(request_id=rid, data=data))
+                    if ollama is not None:
+                        for data in ollama.chunk(line) if line.strip() else ():
+                            call.queue.put_nowait(p.Chunk(request_id=rid, data=data))
+                    elif line.strip():
+                        event.append(line)
+                    elif event:
+                        call.queue.put_nowait(p.Chunk(request_id=rid,
+                                                      data="\n".join(event) + "\n\n"))
+                        event = []
+                if event:
+                    call.queue.put_nowait(p.Chunk(request_id=rid, data="\n".join(event) + "\n\n"))
                 call.queue.put_nowait(p.Response(request_id=rid, status=200, body=b""))
         except (httpx.HTTPError, ValueError, msgspec.DecodeError) as exc:
             call.queue.put_nowait(p.Error(

@@ -274,7 +274,9 @@ class Supervisor:
                 if victim.state in lifecycle.ALIVE:
                     await self.drain_and_stop(victim, f"swapped out for {name}")
                     victim.info.swapped_out += 1
-                self.swapped_out[victim_name] = name
+                    # Only a model that was loaded is given back: one that was not (unloaded
+                    # by keep_alive, or never started) stays as it was.
+                    self.swapped_out[victim_name] = name
             w.info.swapped_in += 1
             ok = await self.start_worker(name, "requested on demand")
         if ok:

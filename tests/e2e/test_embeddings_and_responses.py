@@ -168,6 +168,15 @@ def test_ollama_lists_and_shows_the_embedding_model(qwen: Stack) -> None:
     assert "completion" in (c.show(CHAT).capabilities or [])
     # No input loads the model and embeds nothing, as Ollama does.
     assert c.embed(model="all-minilm", input=[]).embeddings == []
+    assert c.embed(model="all-minilm", input="").embeddings == []
+
+
+def test_ollama_dimensions_cut_and_normalise_again(qwen: Stack) -> None:
+    c = ollama.Client(host=qwen.url)
+    whole = np.asarray(c.embed(model="all-minilm", input="cat").embeddings[0])
+    cut = np.asarray(c.embed(model="all-minilm", input="cat", dimensions=64).embeddings[0])
+    assert cut.shape == (64,) and abs(np.linalg.norm(cut) - 1.0) < 1e-6
+    assert cosine(cut, whole[:64]) >= 0.99999
 
 
 # ----- bad input and the wrong model ------------------------------------------------------
@@ -207,8 +216,9 @@ def test_the_wrong_model_is_refused_in_each_apis_words(qwen: Stack,
         client.chat.completions.create(model=EMBED, messages=[{"role": "user",
                                                                 "content": "hi"}])
     assert err.value.code == "model_not_supported" and "embedding model" in str(err.value)
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model=EMBED, input="hi")
+    assert err.value.code == "model_not_supported" and "the Responses API" in str(err.value)
     c = ollama.Client(host=qwen.url)
     with pytest.raises(ollama.ResponseError) as oerr:
         c.embed(model=CHAT, input="cat")

@@ -74,8 +74,11 @@ def test_an_embedding_model_asked_to_chat_names_the_chat_models(cfg: c.LoadedCon
 
 def test_an_ollama_model_asked_for_responses(cfg: c.LoadedConfig) -> None:
     assert cap.refusal(cfg, cfg.model("lan-ollama"), E.RESPONSES) == (
-        "model 'lan-ollama' is a chat model and does not serve the Responses API; models "
-        "that do: fast, desk, lan-embed")
+        "model 'lan-ollama' is served by a remote Ollama server, which has no Responses "
+        "API; models that do: fast, desk, lan-embed")
+    # the same model asked for what it cannot serve elsewhere is refused as a chat model
+    assert cap.refusal(cfg, cfg.model("lan-ollama"), E.EMBEDDINGS).startswith(
+        "model 'lan-ollama' is a chat model and does not serve embeddings")
 
 
 def test_a_server_without_an_embedding_model_says_so() -> None:
@@ -86,7 +89,7 @@ def test_a_server_without_an_embedding_model_says_so() -> None:
         "models that do: none on this server")
 
 
-@pytest.mark.parametrize("profile", ["cpu", "jetson", "gpu"])
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_each_shipped_profile_has_one_embedding_model_and_the_default_chats(
         profile: str) -> None:
     cfg = c.load(profile=profile)
@@ -94,3 +97,15 @@ def test_each_shipped_profile_has_one_embedding_model_and_the_default_chats(
     assert cap.serves(cfg.default_model, E.CHAT)
     assert cap.serves(cfg.default_model, E.RESPONSES)
     assert not cap.serves(cfg.default_model, E.EMBEDDINGS)
+
+
+def test_the_jetson_profile_has_no_embedding_model(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    # No room on the board for a fourth vLLM worker (shared/profiles/jetson.yaml).
+    monkeypatch.setenv("ZOE_VLLM_HOME", str(tmp_path))
+    cfg = c.load(profile="jetson")
+    assert cap.models_serving(cfg, E.EMBEDDINGS) == []
+    assert cfg.by_role(c.Role.EMBEDDING) is None
+    assert cap.refusal(cfg, cfg.default_model, E.EMBEDDINGS).endswith(
+        "models that do: none on this server")
+    assert cap.serves(cfg.default_model, E.CHAT) and cap.serves(cfg.default_model, E.RESPONSES)

@@ -54,11 +54,22 @@ def test_check_config_prints_the_jetson_budget(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert rc == 0
     assert "device memory 16.00 GiB from --device-memory-gib" in out
-    assert "co-loaded at start: 13.79 GiB -> fits, 2.21 GiB spare" in out
-    assert "with qwen2-vl-7b loaded, qwen2.5-coder-7b swapped out: 14.79 GiB -> fits" in out
-    assert "with all-minilm loaded, qwen2-vl-7b swapped out: 15.88 GiB -> fits, 0.12 GiB " \
-           "spare" in out
-    assert "all-minilm: 2.09 = weights 0.09 (weights_gib) + KV 0.25 + runtime 1.75\n" in out
+    assert "co-loaded at start: 14.29 GiB -> fits, 1.71 GiB spare" in out
+    assert "with qwen2-vl-7b loaded, qwen2.5-coder-7b swapped out: 15.04 GiB -> fits" in out
+    assert "all-minilm" not in out  # jetson.yaml has no embedding model
+
+
+def test_check_config_prints_the_gpu_embedding_models_budget(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli.main(["--profile", "gpu", "check-config", "--device-memory-gib", "16"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "co-loaded at start: 15.63 GiB -> fits, 0.37 GiB spare" in out
+    assert "with qwen2-vl-7b loaded, qwen2.5-coder-7b swapped out: 15.88 GiB -> fits, " \
+           "0.12 GiB spare" in out
+    # eager: in both states
+    assert out.count("all-minilm: 1.59 = weights 0.09 (weights_gib) + KV 0.25 + "
+                     "runtime 1.25\n") == 2
 
 
 def test_check_config_refuses_a_profile_that_does_not_fit(
@@ -66,12 +77,9 @@ def test_check_config_refuses_a_profile_that_does_not_fit(
     rc = cli.main(["check-config", "--profile", "jetson", "--device-memory-gib", "15"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert ("jetson.yaml does not fit: with all-minilm loaded, qwen2-vl-7b swapped out: "
-            "needs 15.88 GiB of 15.00 GiB — short by 0.88 GiB (largest: qwen2.5-coder-7b, "
-            "7.94 GiB)") in err
-    # those states fit in 15 GiB (13.79 and 14.79 GiB)
-    assert "co-loaded at start" not in err
-    assert "with qwen2-vl-7b loaded" not in err
+    assert ("jetson.yaml does not fit: with qwen2-vl-7b loaded, qwen2.5-coder-7b swapped out: "
+            "needs 15.04 GiB of 15.00 GiB — short by 0.04 GiB (largest: qwen2-vl-7b") in err
+    assert "co-loaded at start" not in err  # that state fits in 15 GiB (14.29 GiB)
 
 
 def test_overheads_can_be_overridden(capsys: pytest.CaptureFixture[str]) -> None:

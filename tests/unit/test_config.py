@@ -155,3 +155,24 @@ def test_env_selects_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     path.write_text(MINIMAL)
     monkeypatch.setenv("ZOE_VLLM_CONFIG", str(path))
     assert c.load().source == path.resolve()
+
+
+SWAP = """
+server: {default_model: fast}
+models:
+  - {name: fast, role: fast, path: /m/fast}
+  - {name: tools, role: tools, path: /m/tools}
+  - {name: vision, role: vision, path: /m/vision, on_demand: true, swap_out: tools}
+  - {name: big, role: general, path: /m/big, on_demand: true, swap_out: tools}
+"""
+
+
+def test_swap_out_names_a_model_that_stays_loaded() -> None:
+    cfg = parse(SWAP)
+    assert cfg.model("vision").swap_out == "tools" and cfg.model("big").swap_out == "tools"
+    # An on-demand model unloads itself when idle: giving it back later would load a model
+    # nobody asked for, so it cannot be swapped out.
+    with pytest.raises(c.ConfigError) as info:
+        parse(SWAP.replace("/m/big, on_demand: true, swap_out: tools",
+                           "/m/big, on_demand: true, swap_out: vision"))
+    assert "`$.models[3].swap_out` 'vision' is on demand itself" in str(info.value)

@@ -122,13 +122,31 @@ def test_a_chat_model_keeps_the_generate_runner_and_compact_json(cpu: c.LoadedCo
         '{"backend":"xgrammar","disable_any_whitespace":true}'
 
 
-@pytest.mark.parametrize("profile", ["jetson", "gpu"])
-def test_the_accelerator_profiles_embedding_model_gets_its_own_kv_budget(
-        profile: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_gpu_profiles_embedding_model_gets_its_own_kv_budget(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ZOE_VLLM_HOME", str(tmp_path))
-    cfg = c.load(profile=profile)
+    cfg = c.load(profile="gpu")
     argv = engine_argv(cfg, cfg.model("all-minilm"), accelerator=True)
     assert flag(argv, "--runner") == "pooling"
     assert flag(argv, "--kv-cache-memory-bytes") == str(1024**3 // 4)  # kv_cache_gib 0.25
     assert flag(argv, "--dtype") == "float16"
     assert "--structured-outputs-config" not in argv
+
+
+def test_the_jetson_profile_has_no_embedding_model(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setenv("ZOE_VLLM_HOME", str(tmp_path))
+    cfg = c.load(profile="jetson")
+    assert cfg.by_role(c.Role.EMBEDDING) is None
+    assert all(m.role is not c.Role.EMBEDDING for m in cfg.models)
+    assert all("--runner" not in engine_argv(cfg, m, accelerator=True) for m in cfg.models)
+
+
+def test_keyword_routing_cannot_pick_the_embedding_model() -> None:
+    data = {"server": {"default_model": "fast"}, "models": [FAST, EMBED],
+            "routing": {"reasoning_role": "embedding"}}
+    with pytest.raises(c.ConfigError, match=r"`routing.reasoning_role` cannot be embedding"):
+        c.parse(yaml.safe_dump(data), Path("x.yaml"))
+    data["routing"] = {"reasoning_role": "fast"}  # a chat role is fine
+    assert c.parse(yaml.safe_dump(data), Path("x.yaml")).config.routing.reasoning_role \
+        is c.Role.FAST

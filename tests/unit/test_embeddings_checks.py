@@ -106,6 +106,31 @@ def test_dimensions_must_be_a_positive_integer(dims: Any) -> None:
     assert (err.param, err.message) == ("dimensions", "`dimensions` must be a positive integer")
 
 
+@pytest.mark.parametrize("value", [-1, 0, 3, None])
+def test_truncate_prompt_tokens_that_are_accepted(value: int | None) -> None:
+    e.check_openai({"input": "x", "truncate_prompt_tokens": value}, **LIMITS)
+
+
+@pytest.mark.parametrize("value", [-2, 1.5, "3", True, False, [1]])
+def test_truncate_prompt_tokens_must_be_an_integer_from_minus_one(value: Any) -> None:
+    err = refused({"input": "x", "truncate_prompt_tokens": value})
+    assert err.param == "truncate_prompt_tokens"
+    assert err.message == ("`truncate_prompt_tokens` must be an integer ≥ -1 (-1: the "
+                           "model's context)")
+
+
+@pytest.mark.parametrize("value", [-1, 2])
+def test_with_truncation_token_ids_may_be_longer_than_the_context(value: int) -> None:
+    # vLLM cuts them: to the context (-1) or to `value` tokens.
+    e.check_openai({"input": [1, 2, 3, 4, 5], "truncate_prompt_tokens": value}, **LIMITS)
+    e.check_openai({"input": [[1], [1, 2, 3, 4, 5, 6]], "truncate_prompt_tokens": value},
+                   **LIMITS)
+    # ...but the other checks still hold
+    assert refused({"input": [[1], []], "truncate_prompt_tokens": value}).param == "input"
+    assert refused({"input": ["a", "b", "c", "d"],
+                    "truncate_prompt_tokens": value}).message.startswith("4 inputs")
+
+
 def test_the_input_is_checked_before_the_encoding() -> None:
     assert refused({"input": [], "encoding_format": "int8"}).param == "input"
 
@@ -134,32 +159,62 @@ def test_ollama_inputs() -> None:
     assert e.ollama_inputs(e.EmbedRequest(input=["a", "b"])) == ["a", "b"]
     assert e.ollama_inputs(e.EmbedRequest()) == []
     assert e.ollama_inputs(e.EmbedRequest(input=[])) == []
+    # Ollama: an empty string, like no input, only loads the model
+    assert e.ollama_inputs(e.EmbedRequest(input="")) == []
+    assert e.ollama_inputs(e.decode_ollama({"model": "m", "input": ""}, "embed")) == []
+    # ...but an empty string in a list is an input (check_openai refuses it, naming it)
+    assert e.ollama_inputs(e.EmbedRequest(input=["a", ""])) == ["a", ""]
     assert e.ollama_inputs(e.LegacyEmbeddingsRequest(prompt="a")) == ["a"]
     assert e.ollama_inputs(e.LegacyEmbeddingsRequest()) == []
 
 
 def test_ollama_body_truncates_to_the_context_unless_told_not_to() -> None:
-    assert e.ollama_body(e.EmbedRequest(model="all-minilm:l6-v2", input="a"), "all-minilm") == {
+    req = e.EmbedRequest(model="all-minilm:l6-v2", input="a")
+    assert e.ollama_body(req, "all-minilm", vllm=True) == {
         "model": "all-minilm", "input": ["a"], "encoding_format": "float",
         "truncate_prompt_tokens": -1}
-    assert e.ollama_body(e.EmbedRequest(input=["a", "b"], truncate=False), "m") == {
-        "model": "m", "input": ["a", "b"], "encoding_format": "float"}
+    assert e.ollama_body(e.EmbedRequest(input=["a", "b"], truncate=False), "m",
+                         vllm=True) == {"model": "m", "input": ["a", "b"],
+                                        "encoding_format": "float"}
 
 
-def test_ollama_body_passes_dimensions() -> None:
-    body = e.ollama_body(e.EmbedRequest(input="a", truncate=False, dimensions=128), "m")
-    assert body == {"model": "m", "input": ["a"], "encoding_format": "float",
-                    "dimensions": 128}
+@pytest.mark.parametrize("truncate", [True, False])
+def test_a_remote_openai_model_is_not_sent_vllms_truncation(truncate: bool) -> None:
+    # OpenAI's API refuses fields it does not know; truncate_prompt_tokens is vLLM's.
+    body = e.ollama_body(e.EmbedRequest(input="a", truncate=truncate), "m", vllm=False)
+    assert body == {"model": "m", "input": ["a"], "encoding_format": "float"}
 
 
-def test_the_legacy_body_has_no_truncation_or_dimensions() -> None:
-    assert e.ollama_body(e.LegacyEmbeddingsRequest(prompt="a"), "m") == {
+@pytest.mark.parametrize("vllm", [True, False])
+def test_dimensions_are_not_sent_the_answer_is_cut_instead(vllm: bool) -> None:
+    body = e.ollama_body(e.EmbedRequest(input="a", truncate=False, dimensions=128), "m",
+                         vllm=vllm)
+    assert body == {"model": "m", "input": ["a"], "encoding_format": "float"}
+
+
+@pytest.mark.parametrize("vllm", [True, False])
+def test_the_legacy_body_has_no_truncation_or_dimensions(vllm: bool) -> None:
+    assert e.ollama_body(e.LegacyEmbeddingsRequest(prompt="a"), "m", vllm=vllm) == {
         "model": "m", "input": ["a"], "encoding_format": "float"}
 
 
-def test_ollama_bodies_pass_the_openai_checks() -> None:
-    body = e.ollama_body(e.EmbedRequest(input=["a", "b"], dimensions=8), "m")
+@pytest.mark.parametrize("vllm", [True, False])
+def test_ollama_bodies_pass_the_openai_checks(vllm: bool) -> None:
+    body = e.ollama_body(e.EmbedRequest(input=["a", "b"], dimensions=8), "m", vllm=vllm)
     e.check_openai(body, **LIMITS)
+
+
+@pytest.mark.parametrize("dims", [0, 1, 384, None])
+def test_ollama_dimensions_may_be_zero_or_more(dims: int | None) -> None:
+    req = e.decode_ollama({"model": "m", "input": "a", "dimensions": dims}, "embed")
+    assert isinstance(req, e.EmbedRequest) and req.dimensions == dims
+
+
+@pytest.mark.parametrize("dims", [-1, 1.5, "8"])
+def test_ollama_dimensions_below_zero_or_not_an_integer_are_refused(dims: Any) -> None:
+    with pytest.raises(BadRequest) as caught:
+        e.decode_ollama({"model": "m", "input": "a", "dimensions": dims}, "embed")
+    assert caught.value.status == 400 and "$.dimensions" in caught.value.message
 
 
 # ----- answers ----------------------------------------------------------------------------
@@ -234,3 +289,46 @@ def test_errors_are_in_ollamas_shape_and_nothing_streams() -> None:
     assert msgspec.json.decode(fmt.stream_error(err)) == {"error": "too long"}
     assert (fmt.chunk("data: x\n\n"), fmt.end()) == (b"", b"")
     assert fmt.stream_content_type.startswith(b"application/json")
+
+
+# ----- Ollama's dimensions: cut and normalised again ---------------------------------------
+
+WIDE = msgspec.json.encode({
+    "data": [{"index": 0, "embedding": [3.0, 4.0, 12.0]},
+             {"index": 1, "embedding": [0.0, 0.0, 1.0]}],
+    "usage": {"prompt_tokens": 2}})
+
+
+def embeddings_of(fmt: e.OllamaEmbedFormat, body: bytes = WIDE) -> Any:
+    answer = msgspec.json.decode(fmt.response(body))
+    return answer["embeddings"] if fmt.kind == "embed" else answer["embedding"]
+
+
+def test_dimensions_keep_the_first_values_normalised_again() -> None:
+    fmt = e.OllamaEmbedFormat(model="m", kind="embed", dimensions=2, clock=ticking(0, 1))
+    # [3, 4] / 5; a head of zeros has no direction and is kept as it is
+    assert embeddings_of(fmt) == [[0.6, 0.8], [0.0, 0.0]]
+    one = e.OllamaEmbedFormat(model="m", kind="embed", dimensions=1, clock=ticking(0, 1))
+    assert embeddings_of(one) == [[1.0], [0.0]]
+
+
+@pytest.mark.parametrize("dims", [None, 0, 3, 4, 1000])
+def test_unset_zero_or_at_least_the_length_leaves_the_vector_whole(dims: int | None) -> None:
+    fmt = e.OllamaEmbedFormat(model="m", kind="embed", dimensions=dims, clock=ticking(0, 1))
+    assert embeddings_of(fmt) == [[3.0, 4.0, 12.0], [0.0, 0.0, 1.0]]
+
+
+def test_the_legacy_answer_is_cut_too() -> None:
+    fmt = e.OllamaEmbedFormat(model="m", kind="embeddings", dimensions=2, clock=ticking(0))
+    assert embeddings_of(fmt) == [0.6, 0.8]
+
+
+def test_a_cut_vector_has_unit_length() -> None:
+    vector = [0.1 * i - 0.7 for i in range(16)]
+    body = msgspec.json.encode({"data": [{"embedding": vector}], "usage": {"prompt_tokens": 1}})
+    fmt = e.OllamaEmbedFormat(model="m", kind="embed", dimensions=5, clock=ticking(0, 1))
+    (cut,) = embeddings_of(fmt, body)
+    assert len(cut) == 5
+    assert sum(x * x for x in cut) == pytest.approx(1.0)
+    norm = sum(x * x for x in vector[:5]) ** 0.5
+    assert cut == pytest.approx([x / norm for x in vector[:5]])

@@ -4,6 +4,7 @@ tools (workers/tool_calls.py)."""
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 from typing import Any
 
@@ -51,6 +52,36 @@ def test_chat_and_completion_ids_are_unchanged() -> None:
     assert engine_request_ids(request(p.Endpoint.COMPLETION),
                               SimpleNamespace(prompt=["x", "y"])) == ["cmpl-abc-0",
                                                                      "cmpl-abc-1"]
+
+
+# ----- ...as the installed vLLM (0.32) names them --------------------------------------------
+# The ids above are vLLM's, not ours: if vLLM renames them, an abort names nothing and the
+# engine keeps computing for a client that left. These read the installed serving code.
+
+
+def test_vllm_names_an_embedding_embd_dash_id_dash_input_index() -> None:
+    from vllm.entrypoints.pooling.base.serving import PoolingBaseServing
+    from vllm.entrypoints.pooling.embed.serving import ServingEmbedding
+    from vllm.entrypoints.serve.engine.serving import BaseServing
+
+    assert ServingEmbedding.request_id_prefix == "embd"
+    assert issubclass(ServingEmbedding, PoolingBaseServing)
+    # the request's id is `<prefix>-<body.request_id>` (the handler passes no raw request,
+    # so no X-Request-Id header replaces it)...
+    assert 'f"{self.request_id_prefix}-{base_request_id}"' in inspect.getsource(
+        PoolingBaseServing._init_ctx)
+    assert BaseServing._base_request_id(None, "abc") == "abc"
+    # ...and each input is engine request `<that>-<index>`
+    source = inspect.getsource(PoolingBaseServing._prepare_generators)
+    assert 'f"{ctx.request_id}-{i}"' in source
+
+
+def test_vllm_runs_a_response_as_sub_request_zero() -> None:
+    from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
+
+    source = inspect.getsource(OpenAIServingResponses._generate_with_builtin_tools)
+    assert 'f"{request_id}_{sub_request}"' in source
+    assert "sub_request = 0" in source
 
 
 # ----- function tools in both shapes -------------------------------------------------------

@@ -89,7 +89,13 @@ def test_a_hugging_face_cache_is_a_source(home: Path, tmp_path: Path) -> None:
     assert not (dest / "model.safetensors").is_symlink()
 
 
-def test_the_hub_path_fetches_each_missing_model_once(home: Path) -> None:
+HUB = {"llama-3.2-3b": "AMead10/Llama-3.2-3B-Instruct-AWQ",
+       "qwen2.5-coder-7b": "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ",
+       "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct-AWQ"}
+
+
+@pytest.mark.parametrize("profile", ["jetson", "gpu"])
+def test_the_hub_path_fetches_each_missing_model_once(home: Path, profile: str) -> None:
     fetched: list[tuple[str, Path]] = []
 
     def fake_fetch(repo: str, dest: Path) -> None:
@@ -98,21 +104,17 @@ def test_the_hub_path_fetches_each_missing_model_once(home: Path) -> None:
         for name, text in snapshot_files.items():
             (dest / name).write_text(text)
 
-    cfg = c.load(profile="jetson")
+    cfg = c.load(profile=profile)
     out = mp.pull(cfg, say=lambda _: None, fetch=fake_fetch)
-    assert [r for r, _ in fetched] == ["AMead10/Llama-3.2-3B-Instruct-AWQ",
-                                       "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ",
-                                       "Qwen/Qwen2-VL-7B-Instruct-AWQ"]
-    # all-minilm comes from a PyPI package (`provision:`, no hf_repo): built by the worker's
-    # first start or `zoe-vllm provision`, never fetched from the hub.
-    built = "skipped: built locally by `zoe-vllm provision`"
-    assert {o.model: o.action for o in out} == {
-        "llama-3.2-3b": "downloaded", "qwen2.5-coder-7b": "downloaded",
-        "qwen2-vl-7b": "downloaded", "all-minilm": built}
+    assert [r for r, _ in fetched] == list(HUB.values())
+    # gpu's all-minilm comes from a PyPI package (`provision:`, no hf_repo): built by the
+    # worker's first start or `zoe-vllm provision`, never fetched from the hub. The jetson
+    # profile has no embedding model.
+    built = {"all-minilm": "skipped: built locally by `zoe-vllm provision`"} \
+        if profile == "gpu" else {}
+    assert {o.model: o.action for o in out} == {**dict.fromkeys(HUB, "downloaded"), **built}
     again = mp.pull(cfg, say=lambda _: None, fetch=fake_fetch)
-    assert {o.model: o.action for o in again} == {
-        "llama-3.2-3b": "present", "qwen2.5-coder-7b": "present", "qwen2-vl-7b": "present",
-        "all-minilm": built}
+    assert {o.model: o.action for o in again} == {**dict.fromkeys(HUB, "present"), **built}
     assert len(fetched) == 3
     assert not (home / "models" / "all-minilm-l6-v2").exists()
 
@@ -132,8 +134,8 @@ def test_models_built_locally_are_skipped(home: Path) -> None:
 def test_unknown_model_and_missing_snapshot_fail_clearly(
         home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--profile", "jetson", "models", "pull", "--model", "gpt-5"]) == 1
-    assert ("not in jetson.yaml: gpt-5 (models: all-minilm, llama-3.2-3b, qwen2-vl-7b, "
-            "qwen2.5-coder-7b)") in capsys.readouterr().err
+    assert "not in jetson.yaml: gpt-5 (models: llama-3.2-3b, qwen2-vl-7b, qwen2.5-coder-7b)" \
+        in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli.main(["--profile", "jetson", "models", "pull", "--from",
                      str(tmp_path / "empty"), "--model", "llama-3.2-3b"]) == 1

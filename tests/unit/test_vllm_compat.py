@@ -388,7 +388,8 @@ def test_014s_request_bodies_have_the_fields_the_worker_and_gateway_set() -> Non
     classes = v014()["classes"]
     embedding = set(classes["vllm.entrypoints.pooling.embed.protocol:"
                             "EmbeddingCompletionRequest"]["members"])
-    # handler.parse sets request_id; ollama_body sends truncate_prompt_tokens, dimensions
+    # handler.parse sets request_id; ollama_body sends truncate_prompt_tokens (to a vLLM
+    # model); an OpenAI request's dimensions pass through
     assert {"request_id", "input", "truncate_prompt_tokens", "dimensions",
             "encoding_format"} <= embedding
     responses = set(classes["vllm.entrypoints.openai.protocol:ResponsesRequest"]["members"])
