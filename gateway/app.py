@@ -193,7 +193,7 @@ class Gateway:
                 400, f"model {decision.model!r} does not support tools (function "
                      f"calling); models that do: {', '.join(self.tool_models()) or 'none'}",
                 param="tools", code="tools_not_supported")
-        if "messages" in view:
+        if endpoint is not p.Endpoint.COMPLETION:
             # Last: decoding (or fetching) images is the dearest check, and a model that
             # cannot serve the request must not make the gateway fetch anything.
             await self.check_messages(view["messages"])
