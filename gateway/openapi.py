@@ -169,7 +169,8 @@ _RESPONSES_ITEM = {"oneOf": [
         "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
         "content": {"oneOf": [
             {"type": "string"},
-            {"type": "array", "items": {"type": "object", "required": ["type", "text"],
+            {"type": "array", "minItems": 1,
+             "items": {"type": "object", "required": ["type", "text"],
                                         "properties": {
                                             "type": {"type": "string",
                                                      "enum": ["input_text"]},

@@ -89,6 +89,15 @@ def _check_item(item: Any, where: str) -> None:
                 isinstance(c, dict) and isinstance(c.get("type"), str) for c in content):
             raise BadRequest(400, f"`{where}.content` parts must be objects with a `type`",
                              param=f"{where}.content")
+        # vLLM 0.32 reads an assistant item's first part's text: an empty list, or a
+        # refusal part first, raises inside it (found by schemathesis).
+        if isinstance(content, list) and not content:
+            raise BadRequest(400, f"`{where}.content` is an empty list; send at least one "
+                                  "content part", param=f"{where}.content")
+        if role == "assistant" and isinstance(content, list) and \
+                content[0].get("type") == "refusal":
+            raise BadRequest(400, f"`{where}.content[0]`: a refusal part cannot start an "
+                                  "assistant item here", param=f"{where}.content")
     elif kind == "function_call_output":
         if not isinstance(item.get("call_id"), str) or "output" not in item:
             raise BadRequest(400, f"`{where}`: a function_call_output needs `call_id` and "

@@ -31,7 +31,8 @@ def refused(body: dict[str, Any]) -> BadRequest:
     {"input": [{"role": "user", "content": "hi"}]},
     {"input": [{"type": "message", "role": "developer", "content": [
         {"type": "input_text", "text": "hi"}, IMAGE]}]},
-    {"input": [{"role": "system", "content": "s"}, {"role": "assistant", "content": []}]},
+    {"input": [{"role": "system", "content": "s"},
+               {"role": "assistant", "content": [{"type": "output_text", "text": "ok"}]}]},
     # a tool round trip, as Home Assistant sends it
     {"input": [{"role": "user", "content": "lights on"},
                {"type": "function_call", "call_id": "c1", "name": "turn_on",
@@ -229,3 +230,15 @@ def test_an_error_before_the_stream_is_openais_error_body() -> None:
                   param="input")
     assert msgspec.json.decode(r.ResponsesFormat().error(err)) == {"error": {
         "message": "bad", "type": "invalid_request_error", "param": "input", "code": None}}
+
+
+@pytest.mark.parametrize("item", [
+    {"type": "message", "role": "assistant", "content": []},
+    {"role": "user", "content": []},
+    {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+])
+def test_items_vllm_would_crash_on_are_refused(item: dict[str, object]) -> None:
+    """vLLM 0.32 raises IndexError/AttributeError on these (schemathesis found the first)."""
+    with pytest.raises(BadRequest) as err:
+        r.check({"input": [item]})
+    assert err.value.status == 400 and err.value.param == "input[0].content"
