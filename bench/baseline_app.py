@@ -55,7 +55,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="bench-baseline")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # The same uvicorn settings as `zoe-vllm serve` (gateway/cli.py).
+    # The same uvicorn settings as `zoe-vllm serve` (gateway/cli/main.py).
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
                 timeout_keep_alive=30, h11_max_incomplete_event_size=64 * 1024)
     return 0

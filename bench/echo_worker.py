@@ -1,6 +1,6 @@
 """A worker without a model: answers every REQUEST at once (benchmarks only).
 
-The supervisor starts it instead of ``workers.worker`` when
+The supervisor starts it instead of ``workers.engine.worker`` when
 ``ZOE_VLLM_WORKER_MODULE=bench.echo_worker`` (same arguments, same protocol:
 HELLO, READY, then CHUNKs + RESPONSE per request, PROBE_RESULT per probe), so
 whatever a client measures beyond this worker's own time is the gateway's.
@@ -92,7 +92,7 @@ class Echo:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="zoe-vllm-echo-worker")
-    parser.add_argument("--config", required=True)  # accepted like workers.worker's
+    parser.add_argument("--config", required=True)  # accepted like workers.engine.worker's
     parser.add_argument("--model", required=True)
     parser.add_argument("--endpoint", required=True)
     args = parser.parse_args()

@@ -34,7 +34,7 @@ from bench.common import (
     spawn,
     wait_ready,
 )
-from gateway.router import Router
+from gateway.core.router import Router
 from shared import config as cfgmod
 
 MODEL = "echo"

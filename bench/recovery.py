@@ -134,7 +134,7 @@ async def run(tmp: Path, quick: bool, progress: Progress, say: Say,
 
 
 def arm(faults: Path, spec: dict[str, Any]) -> None:
-    """Workers read the faults file at every request and probe (workers/faults.py)."""
+    """Workers read the faults file at every request and probe (workers/engine/faults.py)."""
     faults.parent.mkdir(parents=True, exist_ok=True)
     faults.write_text(json.dumps(spec))
 

@@ -2,7 +2,7 @@
 
 Run by deploy/Dockerfile.jetson after installing the project on the base image
 (and usable on any machine: ``python deploy/check_image.py --profile jetson``).
-It resolves every vLLM name the workers use through ``workers/vllm_compat.py``
+It resolves every vLLM name the workers use through ``workers/engine/vllm_compat.py``
 (vLLM 0.32's place, else 0.14.0's), imports any ``from vllm... import ...``
 written directly in ``workers/`` (there should be none), and parses each
 model's engine arguments with that vLLM's own argument parser, so a base
@@ -59,7 +59,7 @@ def rejected_flags(profile: str) -> tuple[list[str], list[str]]:
     flags this vLLM lacks (the workers drop those, with a warning)."""
     from shared import config as cfgmod
     from shared.engine_args import engine_argv
-    from workers import vllm_compat
+    from workers.engine import vllm_compat
 
     problems: list[str] = []
     dropped: list[str] = []
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"check_image: vLLM is not importable in this image: {exc}", file=sys.stderr)
         return 1
-    from workers import vllm_compat
+    from workers.engine import vllm_compat
 
     version = getattr(vllm, "__version__", "unknown")
     missing = vllm_compat.check() + missing_imports(direct_vllm_imports())
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                  vllm_compat.PLACES.items()
                  if vllm_compat.where(name) != ".".join(places[0])]
     if fallbacks:
-        print("check_image: note: found where vLLM 0.14 keeps them (workers/vllm_compat.py):"
+        print("check_image: note: found where vLLM 0.14 keeps them (workers/engine/vllm_compat.py):"
               "\n  " + "\n  ".join(fallbacks))
     for line in dropped:
         print(f"check_image: note: {line}")

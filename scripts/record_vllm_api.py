@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workers.vllm_compat import PLACES  # noqa: E402  (after the path insert)
+from workers.engine.vllm_compat import PLACES  # noqa: E402  (after the path insert)
 
 # module:Class.member, the callables whose parameters the workers depend on.
 SIGNATURES = [

@@ -1,0 +1,1 @@
+"""Code both processes use: the wire protocol, configuration, engine arguments."""

@@ -16,7 +16,7 @@ from shared.config import JsonWhitespace, LoadedConfig, ModelConfig, Role
 GIB = 1024**3
 # Our own tool parser (workers/vllm_plugins/tool_parser.py), loaded into vLLM as a plugin.
 ZOE_TOOL_PARSER = "zoe_json"
-ZOE_TOOL_PARSER_MODULE = "workers.vllm_plugins.tool_parser"
+ZOE_TOOL_PARSER_MODULE = "workers.engine.vllm_plugins.tool_parser"
 
 
 def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> list[str]:

@@ -69,11 +69,27 @@ class Hello(msgspec.Struct, frozen=True):
     pid: int
 
 
+class Stage(enum.Enum):
+    """Where a worker is in its start-up, as ``/health`` and ``zoe-vllm up`` show it.
+
+    The worker reports PROVISIONING, LOADING and WARMING_UP (:class:`Progress`); the
+    supervisor records the others itself."""
+
+    NONE = ""
+    SPAWNING = "spawning"  # the process is being started
+    CONNECTED = "connected"  # its first message (Hello) arrived
+    PROVISIONING = "provisioning"  # building the weights directory (first start only)
+    LOADING = "loading"  # the vLLM engine is loading the model
+    WARMING_UP = "warming up"  # engine loaded; warm-up generations
+    READY = "ready"
+    DOWN = "down"  # a remote backend that failed its probes
+
+
 class Progress(msgspec.Struct, frozen=True):
     """A loading step, shown by ``zoe-vllm up`` and ``/health`` while loading."""
 
     model: str
-    stage: str
+    stage: Stage
     detail: str = ""
 
 
@@ -103,6 +119,7 @@ class ErrorKind(enum.Enum):
     BAD_REQUEST = "bad_request"  # the client's fault: 4xx
     OOM = "oom"  # out of memory: eligible for the fallback chain
     ENGINE_DEAD = "engine_dead"  # the worker cannot serve any more
+    BUSY = "busy"  # every slot taken and the queue full (or waited out): 503, try later
     INTERNAL = "internal"
 
 

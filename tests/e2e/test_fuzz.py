@@ -36,8 +36,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.openapi import SPEC
-from gateway.router import Router, UnknownModel
+from gateway.core.router import Router, UnknownModel
+from gateway.openai.openapi import SPEC
 from shared.config import Role, load
 from tests.e2e.conftest import Stack, wait_for
 

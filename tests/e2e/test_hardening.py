@@ -558,15 +558,22 @@ def test_serving_beyond_loopback_without_a_key_is_refused(tmp_path: Path) -> Non
 
 def routes(config_path: Path) -> list[tuple[str, str]]:
     """Every (method, path) the app serves, path parameters filled with a harmless name."""
+    from starlette.routing import Mount
+
     from gateway.app import build_app
 
     app = build_app(load(path=config_path))
-    sup = app.state.gateway.sup
+    sup = app.state.supervisor
     sup.dispatcher.sock.close(linger=0)
     sup.dispatcher.ctx.term()
     out = []
-    for route in app.routes:
-        path = re.sub(r"\{[^}]+\}", "zoe-test-nothing", route.path)  # type: ignore[attr-defined]
+    flat = [("", r) for r in app.routes]
+    while flat:
+        prefix, route = flat.pop(0)
+        if isinstance(route, Mount):  # an API mounted as its own app
+            flat += [(prefix + route.path, r) for r in route.routes]
+            continue
+        path = re.sub(r"\{[^}]+\}", "zoe-test-nothing", prefix + route.path)  # type: ignore[attr-defined]
         for method in sorted(route.methods or []):  # type: ignore[attr-defined]
             out.append((method, path))
     return out

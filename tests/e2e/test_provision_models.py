@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from workers import provision as prov
-from workers import provision_vision as vision
+from workers.provision import models as prov
+from workers.provision import vision
 
 pytestmark = pytest.mark.e2e
 

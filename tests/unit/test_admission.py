@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from gateway.admission import Admission, Busy, QueueTimeout
+from workers.supervision.admission import Admission, Busy, QueueTimeout
 
 
 def run(coro: object) -> object:

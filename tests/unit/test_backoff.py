@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from workers.backoff import RestartPolicy
+from workers.supervision.backoff import RestartPolicy
 
 
 def test_delay_doubles_for_crashes_close_together() -> None:

@@ -1,4 +1,5 @@
-"""gateway/capabilities.py: which model serves which endpoint, and the refusal naming others."""
+"""gateway/core/capabilities.py: which model serves which endpoint, and the refusal
+naming others."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import capabilities as cap
+from gateway.core import capabilities as cap
 from shared import config as c
 from shared import protocol as p
 

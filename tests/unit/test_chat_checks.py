@@ -1,4 +1,4 @@
-"""The gateway's cheap checks of chat and completion bodies (gateway/chat_checks.py)."""
+"""The gateway's cheap checks of chat and completion bodies (gateway/core/chat_checks.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.chat_checks import check_messages_shape, check_sampling
-from gateway.errors import BadRequest
+from gateway.core.chat_checks import check_messages_shape, check_sampling
+from gateway.core.errors import BadRequest
 
 
 @pytest.mark.parametrize("messages", [

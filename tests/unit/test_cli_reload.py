@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway import cli
+from gateway.cli import main as cli
 
 CONFIG = """
 server: {host: HOST, port: 18099, default_model: m, api_keys: [from-config],

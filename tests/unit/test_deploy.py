@@ -101,7 +101,7 @@ def test_the_image_check_knows_what_the_workers_import_from_vllm() -> None:
 
 def test_the_image_check_fails_naming_what_this_vllm_lacks(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from workers import vllm_compat
+    from workers.engine import vllm_compat
 
     monkeypatch.setattr(vllm_compat, "check", lambda: [
         "init_app_state: none of vllm.x.init_app_state (No module named 'vllm.x')"])
@@ -123,7 +123,7 @@ def test_make_up_runs_natively_here_and_the_compose_stack_on_a_jetson() -> None:
         pytest.skip("this is a Jetson: the detected default is the compose stack")
     jetson = dry("up", "DEPLOY=compose")
     assert "docker compose -f deploy/docker-compose.yml" in jetson
-    assert "up -d --build --wait" in jetson and "gateway.cli" not in jetson
+    assert "up -d --build --wait" in jetson and "gateway.cli.main" not in jetson
     assert "--profile grafana" in dry("up", "DEPLOY=compose", "GRAFANA=1")
 
 

@@ -1,4 +1,5 @@
-"""gateway/embeddings.py: the checks before routing, and Ollama's embeddings shapes."""
+"""gateway/openai/embeddings.py and gateway/ollama/embed.py: the checks before routing,
+and Ollama's embeddings shapes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway import embeddings as e
-from gateway.errors import BadRequest
+from gateway.core.errors import BadRequest
+from gateway.ollama import embed as oe
+from gateway.openai import embeddings as e
+from gateway.ops.metrics import usage_of
 from shared import protocol as p
 
 LIMITS = {"max_inputs": 3, "max_model_len": 4}
@@ -139,41 +142,41 @@ def test_the_input_is_checked_before_the_encoding() -> None:
 
 
 def test_decode_ollama_takes_each_shape_and_refuses_a_bad_one() -> None:
-    embed = e.decode_ollama({"model": "all-minilm", "input": ["a", "b"], "truncate": False},
+    embed = oe.decode_ollama({"model": "all-minilm", "input": ["a", "b"], "truncate": False},
                             "embed")
-    assert isinstance(embed, e.EmbedRequest)
+    assert isinstance(embed, oe.EmbedRequest)
     assert (embed.input, embed.truncate) == (["a", "b"], False)
-    legacy = e.decode_ollama({"model": "all-minilm", "prompt": "a"}, "embeddings")
-    assert isinstance(legacy, e.LegacyEmbeddingsRequest) and legacy.prompt == "a"
+    legacy = oe.decode_ollama({"model": "all-minilm", "prompt": "a"}, "embeddings")
+    assert isinstance(legacy, oe.LegacyEmbeddingsRequest) and legacy.prompt == "a"
     with pytest.raises(BadRequest) as caught:
-        e.decode_ollama({"model": "m", "input": 3}, "embed")
+        oe.decode_ollama({"model": "m", "input": 3}, "embed")
     assert caught.value.status == 400 and "$.input" in caught.value.message
     # As Ollama's own decoder does, unknown fields are ignored: the legacy API's text is
     # `prompt`, so an `input` there embeds nothing.
-    ignored = e.decode_ollama({"model": "m", "input": "x"}, "embeddings")
-    assert e.ollama_inputs(ignored) == []
+    ignored = oe.decode_ollama({"model": "m", "input": "x"}, "embeddings")
+    assert oe.ollama_inputs(ignored) == []
 
 
 def test_ollama_inputs() -> None:
-    assert e.ollama_inputs(e.EmbedRequest(input="a")) == ["a"]
-    assert e.ollama_inputs(e.EmbedRequest(input=["a", "b"])) == ["a", "b"]
-    assert e.ollama_inputs(e.EmbedRequest()) == []
-    assert e.ollama_inputs(e.EmbedRequest(input=[])) == []
+    assert oe.ollama_inputs(oe.EmbedRequest(input="a")) == ["a"]
+    assert oe.ollama_inputs(oe.EmbedRequest(input=["a", "b"])) == ["a", "b"]
+    assert oe.ollama_inputs(oe.EmbedRequest()) == []
+    assert oe.ollama_inputs(oe.EmbedRequest(input=[])) == []
     # Ollama: an empty string, like no input, only loads the model
-    assert e.ollama_inputs(e.EmbedRequest(input="")) == []
-    assert e.ollama_inputs(e.decode_ollama({"model": "m", "input": ""}, "embed")) == []
+    assert oe.ollama_inputs(oe.EmbedRequest(input="")) == []
+    assert oe.ollama_inputs(oe.decode_ollama({"model": "m", "input": ""}, "embed")) == []
     # ...but an empty string in a list is an input (check_openai refuses it, naming it)
-    assert e.ollama_inputs(e.EmbedRequest(input=["a", ""])) == ["a", ""]
-    assert e.ollama_inputs(e.LegacyEmbeddingsRequest(prompt="a")) == ["a"]
-    assert e.ollama_inputs(e.LegacyEmbeddingsRequest()) == []
+    assert oe.ollama_inputs(oe.EmbedRequest(input=["a", ""])) == ["a", ""]
+    assert oe.ollama_inputs(oe.LegacyEmbeddingsRequest(prompt="a")) == ["a"]
+    assert oe.ollama_inputs(oe.LegacyEmbeddingsRequest()) == []
 
 
 def test_ollama_body_truncates_to_the_context_unless_told_not_to() -> None:
-    req = e.EmbedRequest(model="all-minilm:l6-v2", input="a")
-    assert e.ollama_body(req, "all-minilm", vllm=True) == {
+    req = oe.EmbedRequest(model="all-minilm:l6-v2", input="a")
+    assert oe.ollama_body(req, "all-minilm", vllm=True) == {
         "model": "all-minilm", "input": ["a"], "encoding_format": "float",
         "truncate_prompt_tokens": -1}
-    assert e.ollama_body(e.EmbedRequest(input=["a", "b"], truncate=False), "m",
+    assert oe.ollama_body(oe.EmbedRequest(input=["a", "b"], truncate=False), "m",
                          vllm=True) == {"model": "m", "input": ["a", "b"],
                                         "encoding_format": "float"}
 
@@ -181,39 +184,39 @@ def test_ollama_body_truncates_to_the_context_unless_told_not_to() -> None:
 @pytest.mark.parametrize("truncate", [True, False])
 def test_a_remote_openai_model_is_not_sent_vllms_truncation(truncate: bool) -> None:
     # OpenAI's API refuses fields it does not know; truncate_prompt_tokens is vLLM's.
-    body = e.ollama_body(e.EmbedRequest(input="a", truncate=truncate), "m", vllm=False)
+    body = oe.ollama_body(oe.EmbedRequest(input="a", truncate=truncate), "m", vllm=False)
     assert body == {"model": "m", "input": ["a"], "encoding_format": "float"}
 
 
 @pytest.mark.parametrize("vllm", [True, False])
 def test_dimensions_are_not_sent_the_answer_is_cut_instead(vllm: bool) -> None:
-    body = e.ollama_body(e.EmbedRequest(input="a", truncate=False, dimensions=128), "m",
+    body = oe.ollama_body(oe.EmbedRequest(input="a", truncate=False, dimensions=128), "m",
                          vllm=vllm)
     assert body == {"model": "m", "input": ["a"], "encoding_format": "float"}
 
 
 @pytest.mark.parametrize("vllm", [True, False])
 def test_the_legacy_body_has_no_truncation_or_dimensions(vllm: bool) -> None:
-    assert e.ollama_body(e.LegacyEmbeddingsRequest(prompt="a"), "m", vllm=vllm) == {
+    assert oe.ollama_body(oe.LegacyEmbeddingsRequest(prompt="a"), "m", vllm=vllm) == {
         "model": "m", "input": ["a"], "encoding_format": "float"}
 
 
 @pytest.mark.parametrize("vllm", [True, False])
 def test_ollama_bodies_pass_the_openai_checks(vllm: bool) -> None:
-    body = e.ollama_body(e.EmbedRequest(input=["a", "b"], dimensions=8), "m", vllm=vllm)
+    body = oe.ollama_body(oe.EmbedRequest(input=["a", "b"], dimensions=8), "m", vllm=vllm)
     e.check_openai(body, **LIMITS)
 
 
 @pytest.mark.parametrize("dims", [0, 1, 384, None])
 def test_ollama_dimensions_may_be_zero_or_more(dims: int | None) -> None:
-    req = e.decode_ollama({"model": "m", "input": "a", "dimensions": dims}, "embed")
-    assert isinstance(req, e.EmbedRequest) and req.dimensions == dims
+    req = oe.decode_ollama({"model": "m", "input": "a", "dimensions": dims}, "embed")
+    assert isinstance(req, oe.EmbedRequest) and req.dimensions == dims
 
 
 @pytest.mark.parametrize("dims", [-1, 1.5, "8"])
 def test_ollama_dimensions_below_zero_or_not_an_integer_are_refused(dims: Any) -> None:
     with pytest.raises(BadRequest) as caught:
-        e.decode_ollama({"model": "m", "input": "a", "dimensions": dims}, "embed")
+        oe.decode_ollama({"model": "m", "input": "a", "dimensions": dims}, "embed")
     assert caught.value.status == 400 and "$.dimensions" in caught.value.message
 
 
@@ -228,14 +231,14 @@ ANSWER = msgspec.json.encode({
 
 
 def test_usage_of_counts_inputs_and_tokens() -> None:
-    assert e.usage_of(ANSWER) == (2, 7)
-    assert e.usage_of(b'{"data": [{"embedding": [1]}]}') == (1, 0)  # no usage
+    assert usage_of(ANSWER) == (2, 7)
+    assert usage_of(b'{"data": [{"embedding": [1]}]}') == (1, 0)  # no usage
 
 
 @pytest.mark.parametrize("body", [b"", b"not json", b'{"error": {"message": "x"}}',
                                   b'{"data": 3}'])
 def test_usage_of_an_unreadable_or_error_answer_is_nothing(body: bytes) -> None:
-    assert e.usage_of(body) == (0, 0)
+    assert usage_of(body) == (0, 0)
 
 
 def ticking(*values: int) -> Any:
@@ -244,7 +247,7 @@ def ticking(*values: int) -> Any:
 
 
 def test_the_embed_answer_has_ollamas_fields_and_durations() -> None:
-    fmt = e.OllamaEmbedFormat(model="all-minilm:22m", kind="embed",
+    fmt = oe.OllamaEmbedFormat(model="all-minilm:22m", kind="embed",
                               clock=ticking(1_000, 4_000, 10_000))
     fmt.loaded()
     assert msgspec.json.decode(fmt.response(ANSWER)) == {
@@ -253,37 +256,37 @@ def test_the_embed_answer_has_ollamas_fields_and_durations() -> None:
 
 
 def test_without_a_load_the_load_duration_is_zero() -> None:
-    fmt = e.OllamaEmbedFormat(model="m", kind="embed", clock=ticking(5, 12))
+    fmt = oe.OllamaEmbedFormat(model="m", kind="embed", clock=ticking(5, 12))
     answer = msgspec.json.decode(fmt.response(ANSWER))
     assert (answer["total_duration"], answer["load_duration"]) == (7, 0)
 
 
 def test_the_legacy_answer_is_one_embedding() -> None:
-    fmt = e.OllamaEmbedFormat(model="m", kind="embeddings", clock=ticking(0))
+    fmt = oe.OllamaEmbedFormat(model="m", kind="embeddings", clock=ticking(0))
     assert msgspec.json.decode(fmt.response(ANSWER)) == {"embedding": [0.5, -0.25]}
     assert msgspec.json.decode(fmt.response(b'{"data": []}')) == {"embedding": []}
 
 
 def test_the_answer_to_no_input() -> None:
-    fmt = e.OllamaEmbedFormat(model="m", kind="embed", clock=ticking(100, 150, 400))
+    fmt = oe.OllamaEmbedFormat(model="m", kind="embed", clock=ticking(100, 150, 400))
     fmt.loaded()
     assert msgspec.json.decode(fmt.empty()) == {
         "model": "m", "embeddings": [], "total_duration": 300, "load_duration": 50,
         "prompt_eval_count": 0}
-    legacy = e.OllamaEmbedFormat(model="m", kind="embeddings", clock=ticking(0))
+    legacy = oe.OllamaEmbedFormat(model="m", kind="embeddings", clock=ticking(0))
     assert msgspec.json.decode(legacy.empty()) == {"embedding": []}
 
 
 @pytest.mark.parametrize("kind", ["embed", "embeddings"])
-def test_an_unreadable_answer_is_an_ollama_error(kind: e.EmbedKind) -> None:
-    fmt = e.OllamaEmbedFormat(model="m", kind=kind, clock=ticking(0, 1))
+def test_an_unreadable_answer_is_an_ollama_error(kind: oe.EmbedKind) -> None:
+    fmt = oe.OllamaEmbedFormat(model="m", kind=kind, clock=ticking(0, 1))
     for body in (b"{", b'{"object": "error", "message": "bad"}'):
         assert msgspec.json.decode(fmt.response(body)) == {
             "error": "the embedding model answered something unreadable"}
 
 
 def test_errors_are_in_ollamas_shape_and_nothing_streams() -> None:
-    fmt = e.OllamaEmbedFormat(model="m", kind="embed", clock=ticking(0))
+    fmt = oe.OllamaEmbedFormat(model="m", kind="embed", clock=ticking(0))
     err = p.Error(request_id="r", kind=p.ErrorKind.BAD_REQUEST, status=400, message="too long")
     assert msgspec.json.decode(fmt.error(err)) == {"error": "too long"}
     assert msgspec.json.decode(fmt.stream_error(err)) == {"error": "too long"}
@@ -299,34 +302,34 @@ WIDE = msgspec.json.encode({
     "usage": {"prompt_tokens": 2}})
 
 
-def embeddings_of(fmt: e.OllamaEmbedFormat, body: bytes = WIDE) -> Any:
+def embeddings_of(fmt: oe.OllamaEmbedFormat, body: bytes = WIDE) -> Any:
     answer = msgspec.json.decode(fmt.response(body))
     return answer["embeddings"] if fmt.kind == "embed" else answer["embedding"]
 
 
 def test_dimensions_keep_the_first_values_normalised_again() -> None:
-    fmt = e.OllamaEmbedFormat(model="m", kind="embed", dimensions=2, clock=ticking(0, 1))
+    fmt = oe.OllamaEmbedFormat(model="m", kind="embed", dimensions=2, clock=ticking(0, 1))
     # [3, 4] / 5; a head of zeros has no direction and is kept as it is
     assert embeddings_of(fmt) == [[0.6, 0.8], [0.0, 0.0]]
-    one = e.OllamaEmbedFormat(model="m", kind="embed", dimensions=1, clock=ticking(0, 1))
+    one = oe.OllamaEmbedFormat(model="m", kind="embed", dimensions=1, clock=ticking(0, 1))
     assert embeddings_of(one) == [[1.0], [0.0]]
 
 
 @pytest.mark.parametrize("dims", [None, 0, 3, 4, 1000])
 def test_unset_zero_or_at_least_the_length_leaves_the_vector_whole(dims: int | None) -> None:
-    fmt = e.OllamaEmbedFormat(model="m", kind="embed", dimensions=dims, clock=ticking(0, 1))
+    fmt = oe.OllamaEmbedFormat(model="m", kind="embed", dimensions=dims, clock=ticking(0, 1))
     assert embeddings_of(fmt) == [[3.0, 4.0, 12.0], [0.0, 0.0, 1.0]]
 
 
 def test_the_legacy_answer_is_cut_too() -> None:
-    fmt = e.OllamaEmbedFormat(model="m", kind="embeddings", dimensions=2, clock=ticking(0))
+    fmt = oe.OllamaEmbedFormat(model="m", kind="embeddings", dimensions=2, clock=ticking(0))
     assert embeddings_of(fmt) == [0.6, 0.8]
 
 
 def test_a_cut_vector_has_unit_length() -> None:
     vector = [0.1 * i - 0.7 for i in range(16)]
     body = msgspec.json.encode({"data": [{"embedding": vector}], "usage": {"prompt_tokens": 1}})
-    fmt = e.OllamaEmbedFormat(model="m", kind="embed", dimensions=5, clock=ticking(0, 1))
+    fmt = oe.OllamaEmbedFormat(model="m", kind="embed", dimensions=5, clock=ticking(0, 1))
     (cut,) = embeddings_of(fmt, body)
     assert len(cut) == 5
     assert sum(x * x for x in cut) == pytest.approx(1.0)

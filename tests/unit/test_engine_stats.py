@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import msgspec
 
 from shared import protocol as p
-from workers.engine import EngineStats
+from workers.engine.engine import EngineStats
 
 
 def scheduler(running: int, waiting: int = 0) -> SimpleNamespace:

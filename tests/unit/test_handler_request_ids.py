@@ -1,6 +1,6 @@
 """The worker's side of embeddings and the Responses API that needs no engine: the engine
-request ids an abort names (workers/handler.py), and the Responses API's flat function
-tools (workers/tool_calls.py)."""
+request ids an abort names (workers/engine/handler.py), and the Responses API's flat function
+tools (workers/engine/tool_calls.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from shared import protocol as p
-from workers.handler import engine_request_ids
-from workers.tool_calls import Call, function_of, tools_of
+from workers.engine.handler import engine_request_ids
+from workers.engine.tool_calls import Call, function_of, tools_of
 
 
 def request(endpoint: p.Endpoint, rid: str = "abc") -> p.Request:

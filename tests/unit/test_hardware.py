@@ -13,8 +13,8 @@ from typing import Any
 import psutil
 import pytest
 
-from gateway.gpu_probes import AutoGpuProbe, GpuReading, JtopProbe, NvmlProbe, is_jetson
-from gateway.hardware import HardwareMonitor, HostProbe, HostReading, Sampler, tree_rss
+from gateway.ops.gpu_probes import AutoGpuProbe, GpuReading, JtopProbe, NvmlProbe, is_jetson
+from gateway.ops.hardware import HardwareMonitor, HostProbe, HostReading, Sampler, tree_rss
 
 GIB = 1024**3
 

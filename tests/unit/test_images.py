@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from gateway.images import ImageError, ImageLimits, check_images
+from gateway.core.images import ImageError, ImageLimits, check_images
 
 LIMITS = ImageLimits(max_images=2, max_bytes=64 * 1024, max_pixels=256 * 256,
                      allowlist=frozenset(), fetch_timeout_s=1)

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from workers.lifecycle import TRANSITIONS, State, TransitionError, check
+from workers.supervision.lifecycle import TRANSITIONS, State, TransitionError, check
 
 
 def test_normal_life_is_allowed() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
-from gateway import model_pull as mp
+from gateway.cli import main as cli
+from gateway.cli import model_pull as mp
 from shared import config as c
 
 

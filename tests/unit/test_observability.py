@@ -15,14 +15,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from gateway import status_table
-from gateway.app import Gateway, build_app
-from gateway.gpu_probes import GpuReading
-from gateway.hardware import HardwareMonitor, HostReading
-from gateway.metrics import MAX_REASONS, Metrics, Window
+from gateway.app import build_app
+from gateway.ops import status_table
+from gateway.ops.gpu_probes import GpuReading
+from gateway.ops.hardware import HardwareMonitor, HostReading
+from gateway.ops.metrics import MAX_REASONS, Metrics, Outcome, Window
+from gateway.ops.status import StatusView
 from shared import config as c
 from shared import protocol as p
-from workers.lifecycle import State
+from workers.supervision.lifecycle import State
+from workers.supervision.supervisor import Supervisor
 
 GIB = 1024**3
 CONFIG = """
@@ -49,6 +51,17 @@ class FixedGpu:
         pass
 
 
+class Gateway:
+    """The app as built for serving, with handles on its supervisor and status view."""
+
+    def __init__(self, cfg: c.LoadedConfig, hardware: HardwareMonitor) -> None:
+        self.cfg = cfg
+        self.sup = Supervisor(cfg)
+        self.app = build_app(cfg, self.sup, hardware)
+        self.status: StatusView = self.app.state.status
+        self.metrics = self.status.metrics
+
+
 MakeGateway = Callable[..., Gateway]
 
 
@@ -68,18 +81,16 @@ def make_gateway(tmp_path: Path) -> Iterator[MakeGateway]:
 
 def new_gateway(tmp: Path, gpus: list[GpuReading] | None, host: HostReading) -> Gateway:
     cfg = c.parse(CONFIG.format(tmp=tmp), tmp / "test.yaml")
-    gw = Gateway(cfg)
     kind = "nvidia" if gpus else "cpu"
     mon = HardwareMonitor(lambda: {}, gpu=FixedGpu(kind, gpus or []), host=lambda: host)
     mon.gpu.sample_once()
     mon.host.sample_once()
-    gw.observability.hardware = mon  # never started: sampled once, above
-    return gw
+    return Gateway(cfg, mon)  # the monitor is never started: sampled once, above
 
 
 def serving(gw: Gateway) -> None:
     """`fast` READY with engine figures and traffic; `tools` stopped."""
-    w = gw.sup.workers["fast"]
+    w = gw.sup.handle("fast")
     for s in (State.STARTING, State.WARMING, State.READY):
         w.set_state(s)
     i = w.info
@@ -89,16 +100,16 @@ def serving(gw: Gateway) -> None:
     i.stats = p.Stats(model="fast", running=2, waiting=1, kv_cache_usage=0.25,
                       prefix_cache_hit_rate=0.5, active_requests=2, prompt_tokens=120,
                       generation_tokens=345)
-    gw.sup.workers["tools"].info.swapped_out = 1
+    gw.sup.handle("tools").info.swapped_out = 1
     for n in range(1, 101):
         gw.metrics.first_token("fast", n / 1000)
-        gw.metrics.request_done("fast", "ok", n / 100)
+        gw.metrics.request_done("fast", Outcome.OK, n / 100)
     gw.metrics.routed("fast", "default")
-    gw.metrics.request_done("fast", "error")
+    gw.metrics.request_done("fast", Outcome.ERROR)
 
 
 def scrape(gw: Gateway) -> str:
-    r = TestClient(build_app(gw.cfg, gw)).get("/metrics/prometheus")
+    r = TestClient(gw.app).get("/metrics/prometheus")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     return r.text
 
@@ -191,7 +202,7 @@ def test_gpu_hardware_series(make_gateway: MakeGateway) -> None:
     assert value(text, "zoe_gpu_utilization_percent", **labels) == 80
     assert "zoe_gpu_temperature_celsius{" not in text  # not supported: absent, not 0
     assert value(text, "zoe_cpu_temperature_celsius", sensor="k10temp/Tctl") == 51
-    doc = TestClient(build_app(gw.cfg, gw)).get("/metrics").json()
+    doc = TestClient(gw.app).get("/metrics").json()
     assert doc["gpu"] == {"kind": "nvidia", "count": 1, "memory_used_bytes": 5 * GIB,
                           "memory_total_bytes": 140 * GIB, "memory_free_bytes": 135 * GIB,
                           "utilization_percent": 80.0, "temperature_c": None}
@@ -201,7 +212,7 @@ def test_gpu_hardware_series(make_gateway: MakeGateway) -> None:
 def test_metrics_json_document(make_gateway: MakeGateway) -> None:
     gw = make_gateway()
     serving(gw)
-    r = TestClient(build_app(gw.cfg, gw)).get("/metrics")
+    r = TestClient(gw.app).get("/metrics")
     assert r.status_code == 200
     doc = r.json()
     assert doc["uptime_s"] >= 0 and doc["gpu"] is None
@@ -245,7 +256,7 @@ def test_label_values_cannot_explode() -> None:
     m = Metrics(models=["fast"])
     for n in range(500):
         m.routed("fast", f"keyword:{n}")
-        m.request_done(f"model-{n}", "ok", 0.1)
+        m.request_done(f"model-{n}", Outcome.OK, 0.1)
     reasons = {s.labels["reason"] for f in m.routes.collect() for s in f.samples}
     assert len(reasons) == MAX_REASONS + 1 and "other" in reasons
     assert set(m.requests_by_outcome()) == {"other"}
@@ -255,7 +266,7 @@ def test_label_values_cannot_explode() -> None:
 def test_status_table_renders_workers(make_gateway: MakeGateway) -> None:
     gw = make_gateway()
     serving(gw)
-    client = TestClient(build_app(gw.cfg, gw))
+    client = TestClient(gw.app)
     health, metrics = client.get("/health").json(), client.get("/metrics").json()
     out = status_table.render(health, metrics, now=time.time())
     lines = out.splitlines()
@@ -283,9 +294,9 @@ def test_a_hung_gpu_probe_does_not_stall_the_endpoints(make_gateway: MakeGateway
             pass
 
     mon = HardwareMonitor(lambda: {}, interval_s=0.2, gpu=Hangs(), host=lambda: HOST)
-    gw.observability.hardware = mon
+    gw.status.hardware = mon
     mon.start()
-    client = TestClient(build_app(gw.cfg, gw))
+    client = TestClient(gw.app)
     # Should a request wait on the probe, this un-hangs it and the timing check fails.
     safety = threading.Timer(10, release.set)
     safety.start()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from shared import protocol as p
-from shared.ollama_client import OllamaStream, to_ollama_request
+from workers.supervision.ollama_client import OllamaStream, to_ollama_request
 
 
 def test_chat_request_translation() -> None:

@@ -18,11 +18,11 @@ import ollama
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.app import Gateway, build_app
-from gateway.keep_alive import FOREVER, parse_keep_alive
-from gateway.ollama_catalog import parameter_size, safetensors_parameters, tagged
-from gateway.ollama_format import OllamaFormat, control_answer, ollama_tool_calls
-from gateway.ollama_translate import (
+from gateway.app import build_app
+from gateway.ollama.catalog import parameter_size, safetensors_parameters, tagged
+from gateway.ollama.format import OllamaFormat, control_answer, ollama_tool_calls
+from gateway.ollama.keep_alive import FOREVER, parse_keep_alive
+from gateway.ollama.translate import (
     ChatRequest,
     GenerateRequest,
     TranslateError,
@@ -33,6 +33,7 @@ from gateway.ollama_translate import (
 )
 from shared import config as c
 from shared import protocol as p
+from workers.supervision.supervisor import Supervisor
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 24).decode()
 TOOL = {"type": "function", "function": {"name": "set_light", "parameters": {
@@ -335,10 +336,10 @@ models:
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     cfg = c.parse(CONFIG % {"tmp": tmp_path}, tmp_path / "t.yaml")
-    gw = Gateway(cfg)
-    yield TestClient(build_app(cfg, gw))  # no lifespan: no worker starts
-    gw.sup.dispatcher.sock.close(linger=0)
-    gw.sup.dispatcher.ctx.term()
+    sup = Supervisor(cfg)
+    yield TestClient(build_app(cfg, sup))  # no lifespan: no worker starts
+    sup.dispatcher.sock.close(linger=0)
+    sup.dispatcher.ctx.term()
 
 
 def test_root_version_and_tags(client: TestClient) -> None:

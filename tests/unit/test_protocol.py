@@ -15,7 +15,7 @@ SAMPLES: list[p.Message] = [
     p.Probe(probe_id=7),
     p.Shutdown(reason="bye"),
     p.Hello(model="m", pid=42),
-    p.Progress(model="m", stage="loading", detail="x"),
+    p.Progress(model="m", stage=p.Stage.LOADING, detail="x"),
     p.Ready(model="m", max_model_len=2048, load_seconds=1.5, warmup_seconds=0.5),
     p.Chunk(request_id="r1", data="data: {}\n\n"),
     p.Response(request_id="r1", status=200, body=b"{}"),

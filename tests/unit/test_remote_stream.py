@@ -1,4 +1,5 @@
-"""shared/remote.py: an OpenAI backend's SSE stream is passed on one whole event per chunk
+"""workers/supervision/remote.py: an OpenAI backend's SSE stream is passed on one whole
+event per chunk
 (over an httpx.MockTransport; no server)."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import yaml
 
 from shared import config as c
 from shared import protocol as p
-from shared.remote import RemoteBackend
+from workers.supervision.remote import RemoteBackend
 
 URL = "http://desk:8000"
 CONFIG = {"server": {"default_model": "fast"},

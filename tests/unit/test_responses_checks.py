@@ -1,4 +1,4 @@
-"""gateway/responses_api.py: the checks before routing, the router's view, the stream errors."""
+"""gateway/openai/responses.py: the checks before routing, the router's view, the stream errors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway import responses_api as r
-from gateway.errors import BadRequest
+from gateway.core.errors import BadRequest
+from gateway.openai import responses as r
 from shared import protocol as p
 
 IMAGE = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}

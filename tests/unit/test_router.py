@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from gateway.router import Router, UnknownModel
+from gateway.core.router import Router, UnknownModel
 from shared import config as c
 
 CONFIG = """
@@ -91,7 +91,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
 @pytest.mark.parametrize("body,model,reason", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_route(router: Router, body: dict[str, Any], model: str, reason: str) -> None:
     decision = router.route(body)
-    assert (decision.model, decision.reason) == (model, reason)
+    assert (decision.model, decision.label) == (model, reason)
 
 
 def test_unknown_model_lists_known_names(router: Router) -> None:
@@ -106,4 +106,4 @@ def test_missing_role_falls_through_to_default() -> None:
                   Path("t.yaml"))
     r = Router(cfg)
     assert r.route({"messages": [{"role": "user", "content": [IMAGE]}]}).model == "a"
-    assert r.route(chat("turn it on", tools=[TOOL])).reason == "default"
+    assert r.route(chat("turn it on", tools=[TOOL])).label == "default"

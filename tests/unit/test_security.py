@@ -9,7 +9,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from gateway.security import ApiKeyMiddleware, InsecureBind, check_bind, is_loopback
+from gateway.edge.security import ApiKeyMiddleware, InsecureBind, check_bind, is_loopback
 
 
 async def ok(request: Request) -> PlainTextResponse:

@@ -1,4 +1,5 @@
-"""workers/supervisor.py: which model an on-demand load swaps out, and which it gives back.
+"""The supervisor carrying out eviction plans: which model an on-demand load swaps out,
+and which it gives back.
 
 No processes: the supervisor's own start_worker / drain_and_stop / spawn_task are stubbed
 to record what they were asked and to move the workers through their states."""
@@ -13,8 +14,8 @@ from typing import Any
 import pytest
 
 from shared import config as c
-from workers.lifecycle import State
-from workers.supervisor import Supervisor
+from workers.supervision.lifecycle import State
+from workers.supervision.supervisor import Supervisor
 
 CONFIG = """
 server: {{default_model: fast}}
@@ -41,7 +42,7 @@ class Stubbed:
 
     async def start_worker(self, name: str, reason: str = "start") -> bool:
         self.started.append((name, reason))
-        w = self.sup.workers[name]
+        w = self.sup.handle(name)
         w.set_state(State.STARTING, reason)
         if not self.start_ok:
             w.set_state(State.STOPPED, "exited with code 1")
@@ -59,16 +60,18 @@ class Stubbed:
         w.set_state(State.STOPPED, "stopped")
 
     async def run_spawned(self) -> None:
-        """Run what the supervisor spawned (its idle unloader is not among what we want)."""
+        """Run what the supervisor spawned."""
         spawned, self.spawned = self.spawned, []
         for coro in spawned:
-            if coro.cr_code.co_name == "_unload_when_idle":  # type: ignore[attr-defined]
-                coro.close()
-            else:
-                await coro
+            await coro
+
+    async def unload(self, name: str) -> None:
+        """``name`` goes (idle, or crashed); the next eviction pass reacts."""
+        await self.drain_and_stop(self.sup.handle(name), "idle")
+        await self.sup.evict()
 
     def state(self, name: str) -> State:
-        return self.sup.workers[name].state
+        return self.sup.handle(name).state
 
     async def close(self) -> None:
         for coro in self.spawned:
@@ -91,15 +94,15 @@ def test_a_loaded_model_is_swapped_out_and_given_back(tmp_path: Path) -> None:
         await s.start_worker("tools")
         assert await s.sup.load_on_demand("vision")
         assert s.stopped == [("tools", "swapped out for vision")]
-        assert s.sup.swapped_out == {"tools": "vision"}
-        assert s.sup.workers["tools"].info.swapped_out == 1
-        assert s.sup.workers["vision"].info.swapped_in == 1
+        assert s.sup.displaced == {"tools": "vision"}
+        assert s.sup.handle("tools").info.swapped_out == 1
+        assert s.sup.handle("vision").info.swapped_in == 1
         assert (s.state("tools"), s.state("vision")) == (State.STOPPED, State.READY)
         # the vision model unloads (its idle unloader ends so): tools comes back
-        await s.sup._restore_displaced("vision")
+        await s.unload("vision")
         await s.run_spawned()
         assert s.started[-1] == ("tools", "restored after vision unloaded")
-        assert s.state("tools") is State.READY and s.sup.swapped_out == {}
+        assert s.state("tools") is State.READY and s.sup.displaced == {}
 
     scenario(tmp_path, go)
 
@@ -111,14 +114,14 @@ def test_a_model_that_was_not_loaded_is_not_loaded_later(tmp_path: Path, how: st
     async def go(s: Stubbed) -> None:
         if how == "unloaded by a client":
             await s.start_worker("tools")
-            await s.drain_and_stop(s.sup.workers["tools"], "unloaded by a client")
+            await s.drain_and_stop(s.sup.handle("tools"), "unloaded by a client")
             s.stopped.clear()
         assert s.state("tools") is State.STOPPED
         assert await s.sup.load_on_demand("vision")
         assert s.stopped == []  # nothing to stop
-        assert s.sup.swapped_out == {}
-        assert s.sup.workers["tools"].info.swapped_out == 0
-        await s.sup._restore_displaced("vision")
+        assert s.sup.displaced == {}
+        assert s.sup.handle("tools").info.swapped_out == 0
+        await s.unload("vision")
         await s.run_spawned()
         assert [name for name, _ in s.started].count("tools") == \
             (1 if how == "unloaded by a client" else 0)
@@ -133,7 +136,7 @@ def test_a_failed_load_gives_the_swapped_out_model_back_at_once(tmp_path: Path) 
         s.start_ok = False
         assert not await s.sup.load_on_demand("vision")
         assert s.stopped == [("tools", "swapped out for vision")]
-        assert s.sup.swapped_out == {}  # already handed back...
+        assert s.sup.displaced == {}  # already handed back...
         s.start_ok = True
         await s.run_spawned()  # ...by the start it spawned
         assert s.started[-1] == ("tools", "restored after vision unloaded")
@@ -148,6 +151,6 @@ def test_a_ready_on_demand_model_swaps_nothing(tmp_path: Path) -> None:
         assert await s.sup.load_on_demand("vision")
         s.stopped.clear()
         assert await s.sup.load_on_demand("vision")  # already READY
-        assert s.stopped == [] and s.sup.workers["vision"].info.swapped_in == 1
+        assert s.stopped == [] and s.sup.handle("vision").info.swapped_in == 1
 
     scenario(tmp_path, go)

@@ -1,4 +1,4 @@
-"""The tool-call scanner (workers/tool_calls.py): every format small models write, the near
+"""The tool-call scanner (workers/engine/tool_calls.py): every format small models write, the near
 misses that must stay text, and a stream that settles on the same answer as the whole text."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.tool_calls import Call, Scan, Tools, scan, tools_of
+from workers.engine.tool_calls import Call, Scan, Tools, scan, tools_of
 
 AREA = {"type": "string", "enum": ["kitchen", "office", "living_room"]}
 TOOLS: list[dict[str, Any]] = [

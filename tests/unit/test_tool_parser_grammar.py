@@ -13,8 +13,8 @@ from vllm.entrypoints.openai.chat_completion.protocol import (
 )
 from xgrammar.testing import _is_grammar_accept_string
 
-from workers.tool_calls import scan, tools_of
-from workers.vllm_plugins.tool_parser import CALL_FORMS, structural_tag
+from workers.engine.tool_calls import scan, tools_of
+from workers.engine.vllm_plugins.tool_parser import CALL_FORMS, structural_tag
 
 TOOLS: list[dict[str, Any]] = [
     {"type": "function", "function": {"name": "turn_off_light", "parameters": {

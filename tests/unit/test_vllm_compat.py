@@ -1,4 +1,4 @@
-"""workers/vllm_compat.py: every vLLM name the workers use, on vLLM 0.32 and 0.14.0.
+"""workers/engine/vllm_compat.py: every vLLM name the workers use, on vLLM 0.32 and 0.14.0.
 
 vLLM 0.32 is installed (requirements/cpu.lock): its names are imported for real.
 vLLM 0.14.0 (the Jetson base image's) is not: its fallbacks and the signatures
@@ -23,8 +23,8 @@ import pytest
 
 from shared import config as cfgmod
 from shared.engine_args import engine_argv
-from workers import vllm_compat
-from workers.engine import EngineStats
+from workers.engine import vllm_compat
+from workers.engine.engine import EngineStats
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDING = Path(__file__).parent / "data" / "vllm_0_14_api.json"
@@ -158,7 +158,7 @@ def test_our_stat_logger_matches_014s_stat_logger_base() -> None:
 
 
 def _engine_call_keywords(method: str) -> set[str]:
-    tree = ast.parse((REPO / "workers" / "engine.py").read_text())
+    tree = ast.parse((REPO / "workers" / "engine" / "engine.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
                 node.func.attr == method:
@@ -342,7 +342,7 @@ def _signature_014(spec: str) -> inspect.Signature:
 
 
 def _handler_call(endpoint: Any, serving: Any, body: Any) -> Any:
-    from workers.handler import Handler
+    from workers.engine.handler import Handler
 
     engine: Any = SimpleNamespace()  # call() uses no engine
     handler = Handler(engine, send=lambda msg: pytest.fail("nothing is sent"))

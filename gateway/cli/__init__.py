@@ -1,0 +1,1 @@
+"""The ``zoe-vllm`` command."""

@@ -1,0 +1,1 @@
+"""The edge: what every request passes first (API keys, header and body limits)."""

@@ -1,0 +1,1 @@
+"""Ollama's native API (``/api``): translation to OpenAI bodies, NDJSON answers, its errors."""

