@@ -5,9 +5,10 @@ by side on one model (Qwen2.5-Coder-0.5B-Instruct):
 
 * llama.cpp's ``llama-server`` on the Q4_K_M GGUF itself (``bench.llama_cpp`` builds it), with
   as many threads as the machine has cores;
-* vLLM's own ``vllm serve`` on our 4-bit AWQ directory, with our engine settings;
-* our stack on the same AWQ directory, and the steps that led there: the bf16 weights on one
-  core (the cpu profile before this work) and on every core.
+* our stack and vLLM's own ``vllm serve`` on our quantized directory (4-bit AWQ where vLLM's
+  CPU int4 kernel runs, which is AVX-512; W8A8 int8 on AVX2), with our engine settings;
+* the steps that led there: both on the bf16 weights on every core, and ours on one core (the
+  cpu profile before this work).
 
 All servers are up at once and only one generates at a time; the rounds go round the servers,
 in reverse every other round, so noise on a shared machine hits each. Reported for each: output
@@ -24,6 +25,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ from bench.common import (
 from bench.compare import vllm_argv
 from shared import config as cfgmod
 from shared.engine_args import engine_env, has_accelerator
+from shared.platform import cpu_flags, cpu_weight_scheme
 from workers.provision import gguf_parts
 
 MODEL = "qwen2.5-coder-0.5b-chat"
@@ -64,7 +67,6 @@ HA_QUESTION = "Turn off the kitchen lights."
 HA_TOOLS = ("turn_on_light", "turn_off_light", "set_light_brightness", "set_thermostat")
 START_TIMEOUT_S = 1200
 ALL_CORES = f"0-{(os.cpu_count() or 1) - 1}"
-AWQ_DIR = "{models}/qwen2.5-coder-0.5b-instruct-awq"
 
 
 @dataclass(frozen=True)
@@ -88,17 +90,39 @@ class Variant:
     engine: str  # "ours", "vllm" or "llama.cpp"
     weights: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    # A step worth measuring but not needed for the comparison: if it does not start, the
+    # report says why and the others go on.
+    optional: bool = False
 
 
-AWQ = {"path": AWQ_DIR, "provision": "qwen2.5-coder-0.5b-awq", "cpu_cores": ALL_CORES}
-VARIANTS = (
-    Variant("llama", "llama.cpp llama-server", "llama.cpp", "Q4_K_M GGUF"),
-    # Ours first: its start provisions the AWQ directory that vllm serve then reads.
-    Variant("ours_awq", "zoe-vllm", "ours", "AWQ 4-bit", AWQ),
-    Variant("vllm_awq", "vllm serve", "vllm", "AWQ 4-bit", AWQ),
-    Variant("ours_bf16_all", "zoe-vllm", "ours", "bf16", {"cpu_cores": ALL_CORES}),
-    Variant("ours_bf16_one", "zoe-vllm (before)", "ours", "bf16", {"cpu_cores": "0"}),
-)
+# The 4-bit form where vLLM's CPU int4 kernel exists (AVX-512), else int8 (W8A8): see
+# shared.platform.cpu_weight_scheme. Without either (ARM) the quantized rows are left out.
+SCHEME = cpu_weight_scheme(cpu_flags())
+WEIGHTS = {"awq": "AWQ 4-bit", "w8a8": "W8A8 int8"}
+
+
+def variants(scheme: str | None = SCHEME) -> tuple[Variant, ...]:
+    quant: tuple[Variant, ...] = ()
+    if scheme is not None:
+        q = {"path": f"{{models}}/qwen2.5-coder-0.5b-instruct-{scheme}",
+             "provision": f"qwen2.5-coder-0.5b-{scheme}", "cpu_cores": ALL_CORES}
+        # Ours first: its start provisions the directory that vllm serve then reads.
+        quant = (Variant(f"ours_{scheme}", "zoe-vllm", "ours", WEIGHTS[scheme], q),
+                 Variant(f"vllm_{scheme}", "vllm serve", "vllm", WEIGHTS[scheme], q),
+                 # vLLM's torch.compile path instead of eager mode: fewer Python steps per
+                 # token, a longer start.
+                 Variant(f"ours_{scheme}_compiled", "zoe-vllm, compiled", "ours",
+                         WEIGHTS[scheme], {**q, "enforce_eager": False}, optional=True))
+    return (
+        Variant("llama", "llama.cpp llama-server", "llama.cpp", "Q4_K_M GGUF"),
+        *quant,
+        Variant("ours_bf16_all", "zoe-vllm", "ours", "bf16", {"cpu_cores": ALL_CORES}),
+        Variant("vllm_bf16_all", "vllm serve", "vllm", "bf16", {"cpu_cores": ALL_CORES}),
+        Variant("ours_bf16_one", "zoe-vllm (before)", "ours", "bf16", {"cpu_cores": "0"}),
+    )
+
+
+VARIANTS = variants()
 
 
 def stream_body(model: str, messages: list[dict[str, Any]], max_tokens: int,
@@ -150,16 +174,14 @@ async def start(variant: Variant, tmp: Path, say: Say, min_free_gib: float) -> S
         gguf = gguf_file(cpu.expand(cpu.config.paths.models), say)
         srv = spawn(variant.label, llama_argv(exe, gguf, port, 8 * 2048, 8),
                     tmp / f"{variant.key}.log", f"http://127.0.0.1:{port}")
-        await wait_ready(srv, "/health", START_TIMEOUT_S)
-        return srv
+        return await _ready(srv, "/health")
     cfg_path = stack_config(tmp / variant.key, port, models=[MODEL],
                             supervisor={"health_interval_s": 3600},
                             model_overrides=variant.overrides)
     if variant.engine == "ours":
         srv = spawn(variant.label, gateway_argv(cfg_path), tmp / f"{variant.key}.log",
                     f"http://127.0.0.1:{port}")
-        await wait_ready(srv, "/health", START_TIMEOUT_S, all_ready)
-        return srv
+        return await _ready(srv, "/health", all_ready)
     cfg = cfgmod.load(path=cfg_path)
     model = cfg.model(MODEL)
     # vllm serve does not provision: our stack's first start (or this) makes the directory.
@@ -171,7 +193,17 @@ async def start(variant: Variant, tmp: Path, say: Say, min_free_gib: float) -> S
     srv = spawn(variant.label, vllm_argv(cfg, model, vport), tmp / f"{variant.key}.log",
                 f"http://127.0.0.1:{vport}",
                 env=engine_env(model, accelerator=has_accelerator()))
-    await wait_ready(srv, "/v1/models", START_TIMEOUT_S)
+    return await _ready(srv, "/v1/models")
+
+
+async def _ready(srv: Server, path: str,
+                 check: Callable[[httpx.Response], bool] | None = None) -> Server:
+    """``srv`` once it is ready; stopped if it never gets there."""
+    try:
+        await wait_ready(srv, path, START_TIMEOUT_S, check)
+    except BaseException:
+        srv.stop()
+        raise
     return srv
 
 
@@ -245,10 +277,19 @@ async def run(tmp: Path, quick: bool, progress: Progress, say: Say,
     task = progress.add_task("engines: starting servers",
                              total=st.rounds * per_round + len(VARIANTS) * st.warmup)
     servers: dict[str, Server] = {}
+    left_out: dict[str, str] = {}
     try:
         for v in VARIANTS:
             progress.update(task, description=f"engines: starting {v.label} ({v.weights})")
-            servers[v.key] = await start(v, tmp, say, min_free_gib)
+            try:
+                servers[v.key] = await start(v, tmp, say, min_free_gib)
+            except BenchError as exc:
+                if not v.optional:
+                    raise
+                left_out[v.key] = str(exc).splitlines()[0]
+                say(f"{v.label} ({v.weights}) did not start, left out: {left_out[v.key]}")
+                progress.advance(task, per_round // len(VARIANTS) * st.rounds + st.warmup)
+                continue
             say(f"{v.label} ({v.weights}) ready in {servers[v.key].ready_s:.1f}s")
         result = await _measure(st, servers, progress, task)
         result["memory"] = {k: asdict(tree_memory(s.proc.pid)) for k, s in servers.items()}
@@ -257,7 +298,8 @@ async def run(tmp: Path, quick: bool, progress: Progress, say: Say,
         for s in servers.values():
             s.stop()
     exe = llama_cpp.binary()
-    result["variants"] = [asdict(v) for v in VARIANTS]
+    result["variants"] = [asdict(v) for v in VARIANTS if v.key in servers]
+    result["left_out"] = left_out
     result["settings"] = {**asdict(st), "model": MODEL, "prompt": PROMPT,
                           "ha_question": HA_QUESTION,
                           "llama_server": llama_cpp.version(exe) if exe.is_file() else None,

@@ -107,6 +107,8 @@ def section(e: dict[str, Any]) -> list[str]:
     out += ["Against llama.cpp (for TTFT, lower is better):", ""]
     out += _table(["server", "tok/s 1 stream", "TTFT 1 stream", "tok/s 8 streams",
                    "HA TTFT warm"], ratio_rows)
+    for key, why in e.get("left_out", {}).items():
+        out += [f"Left out, it did not start: `{key}` ({why}).", ""]
     out += [f"Failed requests: {failed}. Command: `{e.get('command', '?')}`.", "",
             "![CPU engines](engines.png)", ""]
     return out

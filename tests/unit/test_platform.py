@@ -129,3 +129,17 @@ def test_device_memory_falls_back_to_meminfo_where_nvml_has_no_answer(root: Path
     mem = pf.device_memory(release=root / "etc/nv_tegra_release", meminfo=root / "meminfo",
                            nvml=lambda: None)
     assert mem is not None and mem.available_bytes == 13312444 * 1024
+
+
+def test_cpu_flags_are_read_from_the_first_processor(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\n"
+                    "processor\t: 1\nflags\t\t: fpu avx512f\n")
+    assert pf.cpu_flags(info) == frozenset({"fpu", "sse2", "avx2", "fma"})
+    assert pf.cpu_flags(tmp_path / "absent") == frozenset()
+
+
+def test_the_weight_scheme_follows_avx512() -> None:
+    assert pf.cpu_weight_scheme(frozenset({"avx2", "avx512f"})) == "awq"
+    assert pf.cpu_weight_scheme(frozenset({"avx2"})) == "w8a8"
+    assert pf.cpu_weight_scheme(frozenset({"asimd"})) is None
