@@ -106,14 +106,29 @@ class Worker:
                 raise SystemExit(f"model path {dest} does not exist (models[].path of "
                                  f"{self.model.name!r}; set `provision` or download it)")
             return
-        from workers.provision.models import provision
-
-        loop = asyncio.get_running_loop()
-
-        def report(step: str) -> None:
-            asyncio.run_coroutine_threadsafe(self.progress(p.Stage.PROVISIONING, step), loop)
-
-        await asyncio.to_thread(provision, self.model.provision.value, dest, report)
+        # In a child process: de-quantizing and re-quantizing hold gigabytes of tensors that
+        # a Python process does not give back, and this process lives on beside the engine.
+        kind = self.model.provision.value
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "workers.provision.models", kind, str(dest),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        assert child.stderr is not None
+        prefix, last = f"provision {kind}: ", ""
+        try:
+            async for raw in child.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                if line.startswith(prefix):
+                    await self.progress(p.Stage.PROVISIONING, line.removeprefix(prefix))
+                elif line:
+                    log.info("%s: %s", self.model.name, line)
+                    last = line
+            rc = await child.wait()
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+        if rc != 0:
+            raise RuntimeError(f"provisioning {kind} into {dest} failed (exit {rc}): {last}")
 
     async def warm_up(self, handler: Handler) -> float:
         """Run the warm-up generations so the first user request is not the slow one."""
