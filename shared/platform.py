@@ -199,12 +199,3 @@ def cpu_weight_scheme(flags: frozenset[str]) -> str | None:
         return "awq"
     return "w8a8" if "avx2" in flags else None
 
-
-def cpu_profile_scheme(flags: frozenset[str]) -> str | None:
-    """The form the ``cpu`` profile serves here: W8A8 int8 wherever there is AVX2, else bf16.
-
-    Not 4-bit AWQ even with AVX-512: its accuracy on our tool calls has not been measured (no
-    AVX-512 machine of ours has run ``make eval-tools``), and its per-layer error is eight
-    times W8A8's. W8A8 kept right function and exact arguments (docs/benchmarks/tools-quantized.md).
-    """
-    return "w8a8" if "avx2" in flags else None

