@@ -65,11 +65,11 @@ def test_tiny_profile_pins_each_worker_to_its_own_core() -> None:
     assert tools is not None and tools.tool_call_parser == "zoe_json"
 
 
-def test_cpu_profile_gives_the_tools_model_both_cores() -> None:
+def test_cpu_profile_gives_the_text_models_both_cores() -> None:
     cfg = c.load(profile="cpu")
     fast, tools = cfg.by_role(c.Role.FAST), cfg.by_role(c.Role.TOOLS)
     assert fast is not None and tools is not None
-    assert (fast.cpu_cores, tools.cpu_cores) == ("0", "0-1")
+    assert (fast.cpu_cores, tools.cpu_cores) == ("0-1", "0-1")
 
 
 @pytest.mark.parametrize("profile", ["jetson", "gpu"])
