@@ -198,4 +198,3 @@ def cpu_weight_scheme(flags: frozenset[str]) -> str | None:
     if "avx512f" in flags:
         return "awq"
     return "w8a8" if "avx2" in flags else None
-

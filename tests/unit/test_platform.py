@@ -143,4 +143,3 @@ def test_the_weight_scheme_follows_avx512() -> None:
     assert pf.cpu_weight_scheme(frozenset({"avx2", "avx512f"})) == "awq"
     assert pf.cpu_weight_scheme(frozenset({"avx2"})) == "w8a8"
     assert pf.cpu_weight_scheme(frozenset({"asimd"})) is None
-
