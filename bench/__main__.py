@@ -6,8 +6,9 @@ Sections: ``overhead`` (gateway + echo worker vs a bare app; seconds),
 model's time to first token, short and Home Assistant-sized; minutes) and ``embeddings``
 (embeddings/s at batches of 1, 8 and 32 against vllm serve and transformers, and the
 gateway's added latency; minutes) and ``engines`` (llama.cpp's llama-server, vllm serve and
-ours on one model at 4 bits and bf16; builds llama-server once, about 40 minutes; then about
-half an hour). ``--quick`` runs
+ours on one model in bf16, 4-bit and 8-bit, and the steps between; builds llama-server once,
+about 40 minutes; then about half an hour) and ``layout`` (both text models busy at once, on
+shared or split cores; about ten minutes). ``--quick`` runs
 a smoke version of each (a few requests, one round) that still exercises every
 path and writes every file. Results of sections not run this time are kept
 from ``results.json``, so the page always shows the latest of each.
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -29,13 +31,23 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import assistant, compare, cpu_engines, embeddings, overhead, recovery, report
+from bench import (
+    assistant,
+    compare,
+    core_layout,
+    cpu_engines,
+    embeddings,
+    overhead,
+    recovery,
+    report,
+)
 from bench.common import REPO, BenchError, Say, machine
 
 Section = Callable[[Path, bool, Progress, Say, float], Awaitable[dict[str, Any]]]
 SECTIONS: dict[str, Section] = {"overhead": overhead.run, "compare": compare.run,
                                 "recovery": recovery.run, "assistant": assistant.run,
-                                "embeddings": embeddings.run, "engines": cpu_engines.run}
+                                "embeddings": embeddings.run, "engines": cpu_engines.run,
+                                "layout": core_layout.run}
 DEFAULT_OUT = REPO / "docs" / "benchmarks"
 
 
@@ -113,9 +125,22 @@ async def amain(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+async def _until_terminated(args: argparse.Namespace, console: Console) -> int:
+    """``amain``, cancelled by SIGTERM as by Ctrl-C: its ``finally`` blocks stop the servers
+    it started (each in its own session, so nothing else would)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await amain(args, console)
+    except asyncio.CancelledError:
+        console.print("[red]terminated[/red]: the servers this run started are stopped")
+        return 128 + signal.SIGTERM
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return asyncio.run(amain(args, Console()))
+    return asyncio.run(_until_terminated(args, Console()))
 
 
 if __name__ == "__main__":

@@ -242,8 +242,10 @@ def all_ready(r: httpx.Response) -> bool:
 def stack_config(tmp: Path, port: int, *, models: list[str] | None = None,
                  supervisor: dict[str, Any] | None = None,
                  model_overrides: dict[str, Any] | None = None,
+                 per_model: dict[str, dict[str, Any]] | None = None,
                  profile: str = "cpu") -> Path:
-    """A profile with our port and folders; ``models`` keeps only those."""
+    """A profile with our port and folders; ``models`` keeps only those. ``model_overrides``
+    go to every model, ``per_model`` to the one it names."""
     data: dict[str, Any] = yaml.safe_load((PROFILES_DIR / f"{profile}.yaml").read_text())
     data["server"]["port"] = port
     data["paths"]["logs"] = str(tmp / "logs")
@@ -253,6 +255,7 @@ def stack_config(tmp: Path, port: int, *, models: list[str] | None = None,
         data["models"] = [m for m in data["models"] if m["name"] in models]
     for m in data["models"]:
         m.update(model_overrides or {})
+        m.update((per_model or {}).get(m["name"], {}))
         if m.get("chat_template"):
             m["chat_template"] = str((PROFILES_DIR / m["chat_template"]).resolve())
         if m.get("fallback") and models is not None and m["fallback"] not in models:

@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,38 +93,68 @@ class Variant:
     # A step worth measuring but not needed for the comparison: if it does not start, the
     # report says why and the others go on.
     optional: bool = False
+    # Ours exactly as the cpu profile serves the chat model: the row the targets judge.
+    profile: bool = False
 
 
-# The 4-bit form where vLLM's CPU int4 kernel exists (AVX-512), else int8 (W8A8): see
-# shared.platform.cpu_weight_scheme. Without either (ARM) the quantized rows are left out.
-SCHEME = cpu_weight_scheme(cpu_flags())
+# Each weight form is named by its own directory, whatever the cpu profile serves.
+BF16 = {"path": "{models}/qwen2.5-coder-0.5b-instruct", "provision": GGUF_KIND}
 WEIGHTS = {"awq": "AWQ 4-bit", "w8a8": "W8A8 int8"}
 
 
-# Each weight form is named by its own directory, whatever the cpu profile serves. All
-# servers are up at once, and a vLLM server is three processes of about 4.5 GiB in all: five
-# of them ran this 24 GiB machine out of memory in the first round (an engine died), so
-# four it is: no `vllm serve` on bf16, and no torch.compile'd variant.
-BF16 = {"path": "{models}/qwen2.5-coder-0.5b-instruct", "provision": GGUF_KIND}
+@dataclass(frozen=True)
+class Group:
+    """Servers up at once, measured in alternating rounds. A vLLM server is three processes
+    of about 4.5 GiB: five of them ran this 24 GiB machine out of memory (an engine died), so
+    a group has llama.cpp, the anchor, and at most four of ours or vLLM's; every group has
+    ours as the cpu profile serves it too, so each step is measured against both."""
+
+    key: str
+    title: str
+    variants: tuple[Variant, ...]
 
 
-def variants(scheme: str | None = SCHEME) -> tuple[Variant, ...]:
-    quant: tuple[Variant, ...] = ()
-    if scheme is not None:
-        q = {"path": f"{{models}}/qwen2.5-coder-0.5b-instruct-{scheme}",
-             "provision": f"qwen2.5-coder-0.5b-{scheme}", "cpu_cores": ALL_CORES}
-        # Ours first: its start provisions the directory that vllm serve then reads.
-        quant = (Variant(f"ours_{scheme}", "zoe-vllm", "ours", WEIGHTS[scheme], q),
-                 Variant(f"vllm_{scheme}", "vllm serve", "vllm", WEIGHTS[scheme], q))
+def schemes(flags: frozenset[str]) -> tuple[str, ...]:
+    """The quantized forms vLLM's CPU build runs here: AWQ's int4 kernel needs AVX-512
+    (shared.platform.cpu_weight_scheme); W8A8 (oneDNN int8) runs on any x86 with AVX2."""
+    x86 = ("w8a8",) if "avx2" in flags or "avx512f" in flags else ()
+    return (("awq",) if cpu_weight_scheme(flags) == "awq" else ()) + x86
+
+
+def groups(forms: tuple[str, ...] | None = None) -> tuple[Group, ...]:
+    forms = schemes(cpu_flags()) if forms is None else forms
+    llama = Variant("llama", "llama.cpp llama-server", "llama.cpp", "Q4_K_M GGUF")
+    # Ours first in each group: its start provisions the directory that vllm serve reads.
+    ours = Variant("ours_bf16_all", "zoe-vllm", "ours", "bf16", {**BF16, "cpu_cores": ALL_CORES})
+    quant = tuple(
+        Variant(f"ours_{s}", "zoe-vllm", "ours", WEIGHTS[s],
+                {"path": f"{{models}}/qwen2.5-coder-0.5b-instruct-{s}",
+                 "provision": f"qwen2.5-coder-0.5b-{s}", "cpu_cores": ALL_CORES})
+        for s in forms)
     return (
-        Variant("llama", "llama.cpp llama-server", "llama.cpp", "Q4_K_M GGUF"),
-        *quant,
-        Variant("ours_bf16_all", "zoe-vllm", "ours", "bf16", {**BF16, "cpu_cores": ALL_CORES}),
-        Variant("ours_bf16_one", "zoe-vllm (before)", "ours", "bf16", {**BF16, "cpu_cores": "0"}),
+        Group("weights", "Weight forms: bf16, 4-bit and 8-bit", (llama, ours, *quant)),
+        Group("serving", "Core layout, engine settings and vllm serve", (
+            llama, ours,
+            Variant("vllm_bf16_all", "vllm serve", "vllm", "bf16",
+                    {**BF16, "cpu_cores": ALL_CORES}),
+            Variant("ours_bf16_one", "zoe-vllm (before)", "ours", "bf16",
+                    {**BF16, "cpu_cores": "0"}),
+            # vLLM's torch.compile path instead of eager mode: fewer Python steps per token,
+            # a longer start. Left out, with why, if it does not start.
+            Variant("ours_bf16_compiled", "zoe-vllm, compiled", "ours", "bf16",
+                    {**BF16, "cpu_cores": ALL_CORES, "enforce_eager": False},
+                    optional=True))),
     )
 
 
-VARIANTS = variants()
+def as_profiled(v: Variant) -> Variant:
+    """``v``, marked if it is the cpu profile's chat model with nothing changed."""
+    m = cfgmod.load(profile="cpu").model(MODEL)
+    served = {"path": m.path, "provision": m.provision.value, "cpu_cores": m.cpu_cores}
+    return replace(v, profile=v.engine == "ours" and v.overrides == served)
+
+
+GROUPS = tuple(replace(g, variants=tuple(map(as_profiled, g.variants))) for g in groups())
 
 
 def stream_body(model: str, messages: list[dict[str, Any]], max_tokens: int,
@@ -272,36 +302,45 @@ async def _measure(st: Settings, servers: dict[str, Server], progress: Progress,
     }
 
 
-async def run(tmp: Path, quick: bool, progress: Progress, say: Say,
-              min_free_gib: float) -> dict[str, Any]:
-    st = QUICK if quick else FULL
-    per_round = len(VARIANTS) * (st.n1 + st.n8 + st.ha)
-    task = progress.add_task("engines: starting servers",
-                             total=st.rounds * per_round + len(VARIANTS) * st.warmup)
+async def _group(g: Group, st: Settings, tmp: Path, progress: Progress, task: TaskID,
+                 say: Say, min_free_gib: float) -> dict[str, Any]:
+    per_variant = st.rounds * (st.n1 + st.n8 + st.ha) + st.warmup
     servers: dict[str, Server] = {}
     left_out: dict[str, str] = {}
     try:
-        for v in VARIANTS:
-            progress.update(task, description=f"engines: starting {v.label} ({v.weights})")
+        for v in g.variants:
+            progress.update(task, description=f"engines, {g.key}: starting {v.label} "
+                                              f"({v.weights})")
             try:
-                servers[v.key] = await start(v, tmp, say, min_free_gib)
+                servers[v.key] = await start(v, tmp / g.key, say, min_free_gib)
             except BenchError as exc:
                 if not v.optional:
                     raise
                 left_out[v.key] = str(exc).splitlines()[0]
                 say(f"{v.label} ({v.weights}) did not start, left out: {left_out[v.key]}")
-                progress.advance(task, per_round // len(VARIANTS) * st.rounds + st.warmup)
+                progress.advance(task, per_variant)
                 continue
-            say(f"{v.label} ({v.weights}) ready in {servers[v.key].ready_s:.1f}s")
+            say(f"{g.key}: {v.label} ({v.weights}) ready in {servers[v.key].ready_s:.1f}s")
         result = await _measure(st, servers, progress, task)
         result["memory"] = {k: asdict(tree_memory(s.proc.pid)) for k, s in servers.items()}
         result["startup_s"] = {k: s.ready_s for k, s in servers.items()}
     finally:
         for s in servers.values():
             s.stop()
+    return {"key": g.key, "title": g.title, **result, "left_out": left_out,
+            "variants": [asdict(v) for v in g.variants if v.key in servers]}
+
+
+async def run(tmp: Path, quick: bool, progress: Progress, say: Say,
+              min_free_gib: float) -> dict[str, Any]:
+    st = QUICK if quick else FULL
+    per_variant = st.rounds * (st.n1 + st.n8 + st.ha) + st.warmup
+    task = progress.add_task("engines: starting servers",
+                             total=per_variant * sum(len(g.variants) for g in GROUPS))
+    result: dict[str, Any] = {
+        "groups": [await _group(g, st, tmp, progress, task, say, min_free_gib)
+                   for g in GROUPS]}
     exe = llama_cpp.binary()
-    result["variants"] = [asdict(v) for v in VARIANTS if v.key in servers]
-    result["left_out"] = left_out
     result["settings"] = {**asdict(st), "model": MODEL, "prompt": PROMPT,
                           "ha_question": HA_QUESTION,
                           "llama_server": llama_cpp.version(exe) if exe.is_file() else None,

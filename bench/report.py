@@ -387,7 +387,8 @@ def write(results: dict[str, Any], out: Path) -> None:
             ("recovery", "Model swap and recovery", recovery_section),
             ("assistant", "What a voice request waits for", assistant_section),
             ("embeddings", "Embeddings", embeddings_section),
-            ("engines", "CPU engines: llama.cpp, vllm serve and ours", engines_report.section)):
+            ("engines", "CPU engines: llama.cpp, vllm serve and ours", engines_report.section),
+            ("layout", "Two models at once: core layout", engines_report.layout_section)):
         if name in sections:
             lines += render(sections[name])
         else:
