@@ -94,8 +94,9 @@ def section(e: dict[str, Any]) -> list[str]:
            f"requests one at a time and {st['n8']} eight at a time, {st['max_tokens']} output "
            "tokens forced with `ignore_eos`; then the Home Assistant request (its system prompt "
            f"and 4 tools, {_f(tokens, 0)} prompt tokens at most) {st['ha']} time(s) cold and "
-           "again warm. Every group has llama.cpp and ours as the cpu profile serves it, so "
-           "each step is read against both in the same rounds. llama.cpp: "
+           "again warm. Every group has llama.cpp and ours on bf16 on both cores, so each "
+           "step is read against both in the same rounds; the targets are judged on the row "
+           "marked as the cpu profile. llama.cpp: "
            f"`{' '.join(st['llama_argv'])}` ({st['llama_server'] or 'version unknown'}).", ""]
     for g in groups(e):
         out += _group_tables(g)

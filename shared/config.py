@@ -51,6 +51,9 @@ class Provision(enum.Enum):
     QWEN25_CODER_15B_AWQ = "qwen2.5-coder-1.5b-awq"
     QWEN25_CODER_05B_W8A8 = "qwen2.5-coder-0.5b-w8a8"
     QWEN25_CODER_15B_W8A8 = "qwen2.5-coder-1.5b-w8a8"
+    # Whichever of those the cpu profile serves on this CPU (shared.platform).
+    QWEN25_CODER_05B_CPU = "qwen2.5-coder-0.5b-cpu"
+    QWEN25_CODER_15B_CPU = "qwen2.5-coder-1.5b-cpu"
     TINY_IDEFICS3 = "tiny-idefics3"
     ALL_MINILM_L6_V2 = "all-minilm-l6-v2"
 

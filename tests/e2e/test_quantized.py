@@ -1,9 +1,11 @@
-"""The quantized 0.5B through the whole stack: provisioned from the shipped GGUF, served by a
-real vLLM worker, asked through the official ``openai`` client.
+"""The cpu profile's chat model as this CPU serves it, quantized, through the whole stack:
+provisioned from the shipped GGUF, served by a real vLLM worker, asked through the official
+``openai`` client.
 
-The form is the one vLLM's CPU build runs on this machine (``shared.platform``): 4-bit AWQ
-with AVX-512, W8A8 int8 on AVX2. The quantization itself is unit-tested layer by layer in
-``tests/unit/test_awq.py``; this shows the result still knows its facts.
+On x86 (AVX2 or AVX-512) the profile's ``qwen2.5-coder-0.5b-cpu`` kind becomes W8A8 int8
+(``shared.platform.cpu_profile_scheme``). The quantization itself is unit-tested layer by
+layer in ``tests/unit/test_awq.py``; this shows the result still knows its facts, and that the
+engine runs the int8 weights.
 """
 
 from __future__ import annotations
@@ -13,24 +15,23 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from shared.platform import cpu_flags, cpu_weight_scheme
+from shared import config as cfgmod
+from shared.platform import cpu_flags, cpu_profile_scheme
 from tests.e2e.conftest import Stack, running_stack
+from workers.provision.models import provisioned_kind
 
 pytestmark = pytest.mark.e2e
 
 CHAT = "qwen2.5-coder-0.5b-chat"
-SCHEME = cpu_weight_scheme(cpu_flags())
+SCHEME = cpu_profile_scheme(cpu_flags())
 
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if SCHEME is None:
-        pytest.skip("this CPU has neither AVX-512 (4-bit AWQ) nor AVX2 (W8A8 int8), the "
-                    "quantized kernels vLLM's CPU build has been seen to run")
-    overrides = {CHAT: {"path": f"{{models}}/qwen2.5-coder-0.5b-instruct-{SCHEME}",
-                        "provision": f"qwen2.5-coder-0.5b-{SCHEME}", "cpu_cores": "0-1"}}
-    with running_stack(tmp_path_factory.mktemp("quantized"), "cpu", models=[CHAT],
-                       overrides=overrides) as s:
+        pytest.skip("no AVX2 on this CPU: the cpu profile serves the chat model in bf16, "
+                    "which every other end-to-end test exercises")
+    with running_stack(tmp_path_factory.mktemp("quantized"), "cpu", models=[CHAT]) as s:
         yield s
 
 
@@ -43,7 +44,8 @@ def test_the_quantized_model_knows_the_capital_of_france(quantized: Stack) -> No
     assert raw.headers["x-zoe-model"] == CHAT
     answer = raw.parse().choices[0].message.content or ""
     assert "Paris" in answer, answer
-    # The worker's engine runs the quantized directory, not the bf16 one beside it.
-    engine = {"awq": "awq", "w8a8": "compressed-tensors"}[SCHEME or ""]
+    # The directory was built as this CPU's form, and the engine runs it as such.
+    cpu = cfgmod.load(profile="cpu")
+    assert provisioned_kind(cpu.model_path(cpu.model(CHAT))) == f"qwen2.5-coder-0.5b-{SCHEME}"
     log = quantized.log(CHAT)
-    assert f"instruct-{SCHEME}" in log and f"quantization={engine}" in log, log[-3000:]
+    assert "instruct-cpu" in log and "quantization=compressed-tensors" in log, log[-3000:]

@@ -94,7 +94,7 @@ def test_every_cpu_text_model_is_qwen_coder_and_calls_tools() -> None:
     text = [m for m in cfg.models if m.role not in (c.Role.VISION, c.Role.EMBEDDING)]
     assert len(text) == 2
     assert all(m.tool_call_parser == "zoe_json" for m in text)
-    assert cfg.default_model.provision is c.Provision.QWEN25_CODER_05B_GGUF
+    assert cfg.default_model.provision is c.Provision.QWEN25_CODER_05B_CPU
     assert cfg.default_model.role is c.Role.FAST
     tools = cfg.by_role(c.Role.TOOLS)
     assert tools is not None and tools.provision is c.Provision.QWEN25_CODER_15B_GGUF

@@ -162,3 +162,37 @@ def test_every_provision_kind_of_the_config_has_a_provisioner() -> None:
     from shared.config import Provision
 
     assert {p.value for p in Provision} - {"none"} == set(prov.PROVISIONERS)
+
+
+@pytest.mark.parametrize(("flags", "kind"), [
+    (frozenset({"avx2"}), "qwen2.5-coder-0.5b-w8a8"),
+    (frozenset({"avx2", "avx512f"}), "qwen2.5-coder-0.5b-w8a8"),
+    (frozenset({"asimd"}), "qwen2.5-coder-0.5b-gguf"),  # bf16
+])
+def test_the_cpu_kind_becomes_this_cpus_form_and_rebuilds_another_cpus(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: frozenset[str],
+        kind: str) -> None:
+    import shared.platform
+
+    built: list[str] = []
+
+    def producer(name: str) -> prov.Producer:
+        def write(out: Path, progress: prov.Progress) -> None:
+            built.append(name)
+            (out / "config.json").write_text(name)
+        return write
+
+    monkeypatch.setattr(shared.platform, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(prov, "_write_from_parts", lambda s: producer("bf16"))
+    monkeypatch.setattr(prov, "_write_quantized_from_parts", lambda s, scheme: producer(scheme))
+    dest = tmp_path / "models" / "qwen2.5-coder-0.5b-instruct-cpu"
+    # A cache carried over from a CPU that served another form.
+    prov.ensure_provisioned(dest, "qwen2.5-coder-0.5b-awq", producer("awq"), lambda _: None)
+    said: list[str] = []
+    prov.provision("qwen2.5-coder-0.5b-cpu", dest, said.append)
+    assert prov.provisioned_kind(dest) == kind
+    assert built == ["awq", "bf16" if kind.endswith("gguf") else "w8a8"]
+    assert any("building it again" in line for line in said)
+    # Built as this CPU's form, it stays.
+    prov.provision("qwen2.5-coder-0.5b-cpu", dest, said.append)
+    assert len(built) == 2 and said[-1].startswith("already provisioned")

