@@ -14,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.progress import Progress, TaskID
 
 from bench.client import Load, run_load, summarize
 from bench.common import (
+    BenchError,
     Say,
     Server,
     all_ready,
@@ -34,6 +37,8 @@ from bench.common import (
     wait_ready,
 )
 from bench.cpu_engines import PROMPT, stream_body
+from shared import config as cfgmod
+from workers.provision.models import resolved_kind
 
 CHAT, TOOLS = "qwen2.5-coder-0.5b-chat", "qwen2.5-coder-1.5b-tools"
 START_TIMEOUT_S = 1200
@@ -107,8 +112,23 @@ async def _measure(srv: Server, st: Settings, progress: Progress,
                 busy.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await busy
+            # The cancelled request is aborted, not left generating into the next "alone".
+            await _until_idle(srv)
     return {"alone": {m: summarize(v) for m, v in alone.items()},
             "together": {m: summarize(v) for m, v in together.items()}}
+
+
+async def _until_idle(srv: Server, timeout_s: float = 60.0) -> None:
+    """Until no model has a request in flight, in the gateway or in its engine."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < deadline:
+            workers = (await client.get(f"{srv.url}/health")).json()["workers"]
+            if all(w["active_requests"] == 0 and not (w["engine"] or {}).get("running")
+                   for w in workers.values()):
+                return
+            await asyncio.sleep(0.2)
+    raise BenchError(f"requests still running {timeout_s:.0f}s after their clients left")
 
 
 async def _keep_busy(url: str, body: dict[str, Any]) -> None:
@@ -133,6 +153,8 @@ async def run(tmp: Path, quick: bool, progress: Progress, say: Say,
         finally:
             srv.stop()
     progress.update(task, description="layout: done")
+    cpu = cfgmod.load(profile="cpu")
+    weights = {m: resolved_kind(cpu.model(m).provision.value) for m in (CHAT, TOOLS)}
     return {"layouts": layouts, "settings": {"rounds": st.rounds, "n": st.n,
                                              "max_tokens": st.max_tokens,
-                                             "models": [CHAT, TOOLS]}}
+                                             "models": [CHAT, TOOLS], "weights": weights}}

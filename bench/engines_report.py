@@ -180,6 +180,7 @@ def layout_section(e: dict[str, Any]) -> list[str]:
     """The ``layout`` section: each model alone and with the other busy, per core layout."""
     st = e["settings"]
     chat, tools = st["models"]
+    weights = ", ".join(f"{m}: {k}" for m, k in st.get("weights", {}).items())
     mode = " (quick run: numbers not meaningful)" if e.get("quick") else ""
     head = ["layout", f"{chat} alone: tok/s, TTFT p50", f"{chat}, {tools} busy",
             f"{tools} alone", f"{tools}, {chat} busy", "RSS (GiB)"]
@@ -192,7 +193,8 @@ def layout_section(e: dict[str, Any]) -> list[str]:
                      cell("alone", chat), cell("together", chat), cell("alone", tools),
                      cell("together", tools), _f(lay["rss_mb"] / 1024, 2)])
     return [f"## Two models at once: core layout{mode}", "",
-            f"Measured {e.get('at', '?')}: our stack with both text models of the cpu profile, "
+            f"Measured {e.get('at', '?')}: our stack with both text models of the cpu profile "
+            f"({weights or 'weights not recorded'}), "
             "one layout after the other (both at once do not fit in memory). Per round "
             f"({st['rounds']}) and model, {st['n']} streamed requests one at a time "
             f"({st['max_tokens']} tokens forced with `ignore_eos`) alone, then as many while the "
