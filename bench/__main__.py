@@ -126,14 +126,22 @@ async def amain(args: argparse.Namespace, console: Console) -> int:
 
 
 async def _until_terminated(args: argparse.Namespace, console: Console) -> int:
-    """``amain``, cancelled by SIGTERM as by Ctrl-C: its ``finally`` blocks stop the servers
-    it started (each in its own session, so nothing else would)."""
+    """``amain``, cancelled by SIGTERM: its ``finally`` blocks stop the servers it started
+    (each in its own session, so nothing else would). Ctrl-C stays a KeyboardInterrupt."""
     task = asyncio.current_task()
     assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    terminated: list[bool] = []
+
+    def on_term() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
     try:
         return await amain(args, console)
     except asyncio.CancelledError:
+        if not terminated:
+            raise
         console.print("[red]terminated[/red]: the servers this run started are stopped")
         return 128 + signal.SIGTERM
 

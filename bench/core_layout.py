@@ -1,7 +1,7 @@
 """Where the two text models run when both are busy: the ``layout`` section of ``make bench``.
 
 The cpu profile gives the chat model (0.5B) and the tools model (1.5B) every core, which is
-what one request alone wants (``engines``: first token 120 ms on both cores, 179 ms on one).
+what one request alone wants (``engines``: first token 136 ms on both cores, 182 on one).
 When both generate at once, each engine's OpenMP threads then share the cores with the
 other's. This starts our stack with both models in each layout, one layout at a time (the two
 at once do not fit in memory), and measures each model alone and then while the other keeps
@@ -56,7 +56,7 @@ class Layout:
 LAYOUTS = tuple(x for x in (
     Layout("shared", "both models on every core (the cpu profile)",
            {CHAT: f"0-{LAST}", TOOLS: f"0-{LAST}"}),
-    Layout("split", f"chat on core 0, tools on cores 1-{LAST}",
+    Layout("split", f"chat on core 0, tools on core{'s 1-' if LAST > 1 else ' '}{LAST}",
            {CHAT: "0", TOOLS: f"1-{LAST}"}),
 ) if x.key == "shared" or LAST >= 1)
 

@@ -202,7 +202,8 @@ def cpu_weight_scheme(flags: frozenset[str]) -> str | None:
 
 def cpu_profile_scheme(flags: frozenset[str]) -> str | None:
     """The form the ``cpu`` profile's chat model takes here, or None for bf16: W8A8 int8 on
-    any x86 with AVX2. It answered as bf16 did on every case of ``make eval-tools`` and
-    sooner (docs/benchmarks/tools-quantized-0.5b.md); 4-bit AWQ, though it moves fewer
-    bytes, ran slower than bf16 on vLLM's CPU path (docs/benchmarks/README.md)."""
+    any x86 with AVX2. It scored bf16's right-function and exact-argument rates in ``make
+    eval-tools`` and answered sooner (docs/benchmarks/tools-quantized-0.5b.md); 4-bit AWQ,
+    though it moves fewer bytes, ran slower than bf16 on vLLM's CPU path
+    (docs/benchmarks/README.md)."""
     return "w8a8" if "avx2" in flags or "avx512f" in flags else None

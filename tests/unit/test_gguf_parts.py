@@ -187,7 +187,8 @@ def test_the_cpu_kind_becomes_this_cpus_form_and_rebuilds_another_cpus(
     monkeypatch.setattr(prov, "_write_quantized_from_parts", lambda s, scheme: producer(scheme))
     dest = tmp_path / "models" / "qwen2.5-coder-0.5b-instruct-cpu"
     # A cache carried over from a CPU that served another form.
-    prov.ensure_provisioned(dest, "qwen2.5-coder-0.5b-awq", producer("awq"), lambda _: None)
+    prov.ensure_provisioned(dest, "qwen2.5-coder-0.5b-awq", producer("awq"), lambda _: None,
+                            built_for="qwen2.5-coder-0.5b-cpu")
     said: list[str] = []
     prov.provision("qwen2.5-coder-0.5b-cpu", dest, said.append)
     assert prov.provisioned_kind(dest) == kind
@@ -196,3 +197,20 @@ def test_the_cpu_kind_becomes_this_cpus_form_and_rebuilds_another_cpus(
     # Built as this CPU's form, it stays.
     prov.provision("qwen2.5-coder-0.5b-cpu", dest, said.append)
     assert len(built) == 2 and said[-1].startswith("already provisioned")
+
+
+def test_the_cpu_kind_never_replaces_a_directory_another_entry_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.platform
+
+    monkeypatch.setattr(shared.platform, "cpu_flags", lambda: frozenset({"avx2"}))
+    dest = tmp_path / "models" / "qwen2.5-coder-0.5b-instruct"
+
+    def bf16(out: Path, progress: prov.Progress) -> None:
+        (out / "config.json").write_text("bf16")
+
+    # The bf16 directory of the plain kind, which a bench or eval config may be serving.
+    prov.ensure_provisioned(dest, "qwen2.5-coder-0.5b-gguf", bf16, lambda _: None)
+    with pytest.raises(RuntimeError, match="its own path"):
+        prov.provision("qwen2.5-coder-0.5b-cpu", dest, lambda _: None)
+    assert (dest / "config.json").read_text() == "bf16"

@@ -111,7 +111,8 @@ def is_provisioned(dest: Path) -> bool:
     return (dest / MARKER).is_file()
 
 
-def ensure_provisioned(dest: Path, kind: str, producer: Producer, progress: Progress) -> Path:
+def ensure_provisioned(dest: Path, kind: str, producer: Producer, progress: Progress,
+                       built_for: str | None = None) -> Path:
     """Run ``producer`` into a temp dir beside ``dest`` and rename it into place, once.
 
     Returns ``dest``. If ``dest`` is already complete (has the marker) nothing is done; if another
@@ -133,7 +134,9 @@ def ensure_provisioned(dest: Path, kind: str, producer: Producer, progress: Prog
             producer(tmp, progress)
             # Written last, so its presence means every other file is complete.
             stamp = {"kind": kind, "seconds": round(time.monotonic() - started, 1),
-                     "created": time.time()}
+                     "created": time.time(),
+                     # The kind asked for, when it resolved to another (a -cpu kind).
+                     **({"for": built_for} if built_for else {})}
             (tmp / MARKER).write_text(json.dumps(stamp) + "\n")
             _sync_tree(tmp)
             os.rename(tmp, dest)
@@ -249,10 +252,11 @@ def cpu_kind(spec: gguf_parts.PartedGguf) -> str:
     return f"{spec.kind.removesuffix('-gguf')}-cpu"
 
 
-def provisioned_kind(dest: Path) -> str | None:
-    """The kind ``dest``'s marker names, or None if it has none (or an unreadable one)."""
+def provisioned_kind(dest: Path, field: str = "kind") -> str | None:
+    """The kind ``dest``'s marker names (``field="for"``: the ``-cpu`` kind it was built
+    for), or None if it has none (or an unreadable one)."""
     try:
-        kind = json.loads((dest / MARKER).read_text()).get("kind")
+        kind = json.loads((dest / MARKER).read_text()).get(field)
     except (OSError, ValueError, AttributeError):
         return None
     return kind if isinstance(kind, str) else None
@@ -285,11 +289,17 @@ def provision_for_this_cpu(spec: gguf_parts.PartedGguf) -> Callable[[Path, Progr
         with _locked(dest, progress):
             found = provisioned_kind(dest)
             if found is not None and found != kind:
+                # Only a directory this kind built is ours to replace: one built as a plain
+                # kind may be another model entry's, and in use.
+                if provisioned_kind(dest, "for") != cpu_kind(spec):
+                    raise RuntimeError(
+                        f"{dest} holds {found}, built for another model entry, and this "
+                        f"CPU serves {kind}: give this model its own path")
                 progress(f"{dest} holds {found}, not {kind} (built on another CPU): "
                          "building it again")
                 shutil.rmtree(dest)
         progress(f"{scheme or 'bf16'} weights for this CPU")
-        return ensure_provisioned(dest, kind, producer, progress)
+        return ensure_provisioned(dest, kind, producer, progress, built_for=cpu_kind(spec))
     return provision_it
 
 
