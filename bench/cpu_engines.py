@@ -68,6 +68,7 @@ HA_QUESTION = "Turn off the kitchen lights."
 HA_TOOLS = ("turn_on_light", "turn_off_light", "set_light_brightness", "set_thermostat")
 START_TIMEOUT_S = 1200
 ALL_CORES = f"0-{(os.cpu_count() or 1) - 1}"
+VLLM_CPU_BLOCK = 128  # vLLM's block size on a CPU when none is given (vllm/platforms/cpu.py)
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,17 @@ def groups(forms: tuple[str, ...] | None = None) -> tuple[Group, ...]:
                 {"path": f"{{models}}/qwen2.5-coder-0.5b-instruct-{s}",
                  "provision": f"qwen2.5-coder-0.5b-{s}", "cpu_cores": ALL_CORES})
         for s in forms)
+    # The profile's form (W8A8 wherever vLLM runs it) at vLLM's CPU default block, against
+    # the profile's smaller one: what prefix-cache hits on a block boundary cost.
+    form = ({"path": "{models}/qwen2.5-coder-0.5b-instruct-w8a8",
+             "provision": "qwen2.5-coder-0.5b-w8a8"} if "w8a8" in forms else BF16)
+    default_block = Variant(
+        "ours_default_block", "zoe-vllm, vLLM's CPU block", "ours",
+        WEIGHTS["w8a8"] if "w8a8" in forms else "bf16",
+        {**form, "cpu_cores": ALL_CORES, "block_size": VLLM_CPU_BLOCK})
     return (
-        Group("weights", "Weight forms: bf16, 4-bit and 8-bit", (llama, ours, *quant)),
+        Group("weights", "Weight forms: bf16, 4-bit and 8-bit; the KV-cache block",
+              (llama, ours, *quant, default_block)),
         Group("serving", "Core layout, engine settings and vllm serve, on bf16", (
             llama, ours,
             Variant("vllm_bf16_all", "vllm serve", "vllm", "bf16",
@@ -177,6 +187,13 @@ def ha_messages(nonce: str) -> list[dict[str, Any]]:
     """A Home Assistant request; a different ``nonce`` up front shares no cached prefix."""
     system = f"Session {nonce}.\n{SYSTEM.read_text()}" if nonce else SYSTEM.read_text()
     return [{"role": "system", "content": system}, {"role": "user", "content": HA_QUESTION}]
+
+
+def new_prompt_body(nonce: str) -> dict[str, Any]:
+    """The short question behind a system message no server has seen: nothing of it is
+    cached, by vLLM's prefix cache or llama.cpp's reuse of a slot's last prompt."""
+    return stream_body(MODEL, [{"role": "system", "content": f"Session {nonce}."},
+                               {"role": "user", "content": PROMPT}], 1)
 
 
 def ha_tools() -> list[dict[str, Any]]:
@@ -281,6 +298,7 @@ async def _measure(st: Settings, servers: dict[str, Server], progress: Progress,
     ha: dict[str, dict[str, list[float]]] = {
         k: {"cold_ttft_s": [], "warm_ttft_s": [], "warm_tool_call_s": [], "called": [],
             "prompt_tokens": []} for k in servers}
+    new_ttft: dict[str, list[float]] = {k: [] for k in servers}
     async with httpx.AsyncClient(timeout=600) as client:
         for r in range(st.rounds):
             order = list(servers) if r % 2 == 0 else list(reversed(servers))
@@ -289,6 +307,13 @@ async def _measure(st: Settings, servers: dict[str, Server], progress: Progress,
                     progress.update(task, description=f"engines: round {r + 1}/{st.rounds}, "
                                                       f"{key}, {conc} stream(s)")
                     loads[key][conc].append(await run_load(urls[key], body, n, conc, tick))
+                for _ in range(st.n1):
+                    first = await stream_one(client, urls[key],
+                                             new_prompt_body(uuid.uuid4().hex[:12]))
+                    if not first.ok or first.ttft_s is None:
+                        raise BenchError(f"{key}, new prompt: {first.error or 'no output'}")
+                    new_ttft[key].append(first.ttft_s)
+                    tick()
                 progress.update(task, description=f"engines: round {r + 1}, {key}, HA prompt")
                 for _ in range(st.ha):
                     nonce = uuid.uuid4().hex[:12]
@@ -303,6 +328,7 @@ async def _measure(st: Settings, servers: dict[str, Server], progress: Progress,
     return {
         "c1": {k: summarize(loads[k][1]) for k in servers},
         "c8": {k: summarize(loads[k][8]) for k in servers},
+        "new_prompt_ttft_ms": {k: pcts(v, 1e3) for k, v in new_ttft.items()},
         "ha": {k: {"cold_ttft_ms": pcts(v["cold_ttft_s"], 1e3),
                    "warm_ttft_ms": pcts(v["warm_ttft_s"], 1e3),
                    "warm_tool_call_ms": pcts(v["warm_tool_call_s"], 1e3),
@@ -313,7 +339,7 @@ async def _measure(st: Settings, servers: dict[str, Server], progress: Progress,
 
 async def _group(g: Group, st: Settings, tmp: Path, progress: Progress, task: TaskID,
                  say: Say, min_free_gib: float) -> dict[str, Any]:
-    per_variant = st.rounds * (st.n1 + st.n8 + st.ha) + st.warmup
+    per_variant = st.rounds * (2 * st.n1 + st.n8 + st.ha) + st.warmup
     servers: dict[str, Server] = {}
     left_out: dict[str, str] = {}
     try:
@@ -343,7 +369,7 @@ async def _group(g: Group, st: Settings, tmp: Path, progress: Progress, task: Ta
 async def run(tmp: Path, quick: bool, progress: Progress, say: Say,
               min_free_gib: float) -> dict[str, Any]:
     st = QUICK if quick else FULL
-    per_variant = st.rounds * (st.n1 + st.n8 + st.ha) + st.warmup
+    per_variant = st.rounds * (2 * st.n1 + st.n8 + st.ha) + st.warmup
     task = progress.add_task("engines: starting servers",
                              total=per_variant * sum(len(g.variants) for g in GROUPS))
     result: dict[str, Any] = {

@@ -174,6 +174,10 @@ class ModelConfig(_Base, frozen=True):
     max_num_batched_tokens: Positive = 4096
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
+    # Tokens per KV-cache block (vLLM's --block-size), which is also where a prefix-cache
+    # hit can end: a prompt's last partial block is always computed again. Unset, vLLM
+    # picks (128 on a CPU, 16 on a GPU).
+    block_size: Positive | None = None
     enforce_eager: bool = False
     dtype: str = "auto"
     quantization: str | None = None
@@ -378,6 +382,9 @@ def _check(config: Config, where: str) -> None:
             if next(x for x in config.models if x.name == m.swap_out).on_demand:
                 fail(f"`$.models[{i}].swap_out` {m.swap_out!r} is on demand itself: it "
                      "unloads when idle, so there is nothing to give back")
+        if m.block_size is not None and m.block_size % 32:
+            fail(f"`$.models[{i}].block_size` {m.block_size} must be a multiple of 32: vLLM's "
+                 "CPU attention takes no other (unset, a GPU gets its default of 16)")
         if m.max_num_batched_tokens < m.max_model_len and not m.enable_chunked_prefill:
             fail(f"`$.models[{i}]`: max_num_batched_tokens ({m.max_num_batched_tokens}) "
                  f"< max_model_len ({m.max_model_len}) needs enable_chunked_prefill: true")

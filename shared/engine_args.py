@@ -38,6 +38,8 @@ def engine_argv(cfg: LoadedConfig, model: ModelConfig, *, accelerator: bool) -> 
         # vLLM's pooling runner: the engine embeds (pooling and normalisation from the
         # model's sentence-transformers files) and the serving layer is its embeddings one.
         argv += ["--runner", "pooling"]
+    if model.block_size is not None:
+        argv += ["--block-size", str(model.block_size)]
     if model.enforce_eager:
         argv.append("--enforce-eager")
     if model.quantization:

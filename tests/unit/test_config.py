@@ -120,6 +120,8 @@ def test_every_cpu_text_model_is_qwen_coder_and_calls_tools() -> None:
     (mutate(models__1__aliases=["FAST"]), "'FAST' at `$.models[1]` is already used"),
     (mutate(models__1__role="fast"), "more than one model has role 'fast'"),
     (mutate(models__0__name="has space"), "`$.models[0].name`"),
+    (mutate(models__0__block_size=16), "`$.models[0].block_size` 16 must be a multiple of 32"),
+    (mutate(models__0__block_size=0), "`$.models[0].block_size`"),
     ("- just\n- a list", "top level must be a mapping"),
     ("models: [", "not valid YAML"),
 ])

@@ -28,6 +28,7 @@ def _group(g: cpu_engines.Group, c1: dict[str, tuple[float, float]], c8: dict[st
         "ha": {k: {"cold_ttft_ms": {"p50": 900.0}, "warm_ttft_ms": {"p50": 200.0},
                    "warm_tool_call_ms": {"p50": tool_call_ms[k]}, "prompt_tokens": 1500.0}
                for k in keys},
+        "new_prompt_ttft_ms": {k: {"p50": 2 * c1[k][1]} for k in keys},
         "memory": {k: {"rss_mb": 1024.0} for k in keys},
         "startup_s": {k: 30.0 for k in keys},
         "left_out": {"ours_bf16_compiled": "zoe-vllm, compiled exited with 1:"}
@@ -139,3 +140,24 @@ def test_the_layout_section_shows_each_model_alone_and_busy() -> None:
     text = "\n".join(engines_report.layout_section(e))
     assert "| chat on core 0 (`0` / `1`) | 20.0 tok/s, 100 ms | 15.5 tok/s" in text
     assert "7.2 tok/s" in text and "| 12.00 |" in text
+
+
+def test_the_profiles_form_is_measured_again_at_vllms_own_block_and_labelled_so() -> None:
+    for forms, weights in ((("awq", "w8a8"), "W8A8 int8"), ((), "bf16")):
+        group = cpu_engines.groups(forms)[0]
+        block = next(v for v in group.variants if v.key == "ours_default_block")
+        assert block.weights == weights
+        assert block.overrides["block_size"] == cpu_engines.VLLM_CPU_BLOCK == 128
+        assert not cpu_engines.as_profiled(block).profile
+    e = _result()
+    e["groups"][0]["variants"].append({**asdict(block), "profile": False})
+    for part in ("c1", "c8"):
+        e["groups"][0][part][block.key] = _load(30.0, 80.0)
+    e["groups"][0]["new_prompt_ttft_ms"][block.key] = {"p50": 90.0}
+    e["groups"][0]["ha"][block.key] = e["groups"][0]["ha"]["llama"]
+    e["groups"][0]["memory"][block.key] = {"rss_mb": 1024.0}
+    e["groups"][0]["startup_s"][block.key] = 30.0
+    text = "\n".join(engines_report.section(e))
+    # 30 tok/s, 80 ms on the repeated question, 90 ms on a new one (llama.cpp: 54 ms).
+    assert "| zoe-vllm, vLLM's CPU block (bf16, cores 0-" in text
+    assert ", block 128) | 30.0 | 80 | 90 |" in text and "| 1.67x |" in text

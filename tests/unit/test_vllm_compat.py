@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, get_args
 
+import msgspec
 import pytest
 
 from shared import config as cfgmod
@@ -466,3 +467,15 @@ def test_a_stat_logger_namespace_works_with_014s_record_calls() -> None:
     logger.record(sched, SimpleNamespace(num_prompt_tokens=3, num_generation_tokens=1),
                   mm_cache_stats=None, engine_idx=0)
     assert (stats.running, stats.prompt_tokens, seen) == (1, 3, [1])
+
+
+def test_a_models_block_size_reaches_vllms_cache_config_and_unset_leaves_vllms_own() -> None:
+    cfg = cfgmod.load(profile="cpu")
+    model = cfg.models[0]
+    sized, _ = vllm_compat.parse_serve_args(
+        engine_argv(cfg, msgspec.structs.replace(model, block_size=64), accelerator=False),
+        prog="t")
+    unset, _ = vllm_compat.parse_serve_args(
+        engine_argv(cfg, msgspec.structs.replace(model, block_size=None), accelerator=False),
+        prog="t")
+    assert (sized.block_size, unset.block_size) == (64, None)
