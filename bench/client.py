@@ -26,6 +26,9 @@ class Sample:
     gaps_s: list[float] = field(default_factory=list)  # between output chunks
     tokens: int = 0  # from the final usage chunk; else the output chunks seen
     error: str = ""
+    # llama-server's own account in its last chunk: prompt_n tokens computed in prompt_ms,
+    # cache_n reused from the slot's last prompt.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,6 +74,7 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) 
                 if "error" in event:
                     sample.error = str(event["error"])[:200]
                     return sample
+                sample.timings = event.get("timings") or sample.timings
                 usage = event.get("usage")
                 if usage:
                     sample.tokens = int(usage.get("completion_tokens") or 0)

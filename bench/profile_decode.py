@@ -43,7 +43,7 @@ from shared import config as cfgmod
 OUT = REPO / "docs" / "benchmarks" / "profile-decode.md"
 FORMS = {v.key.removeprefix("ours_").removesuffix("_all"): v
          for g in GROUPS for v in g.variants if v.engine == "ours" and not v.optional
-         and v.key != "ours_bf16_one"}
+         and v.key != "ours_bf16_one" and "block_size" not in v.overrides}
 # The form the cpu profile serves on this CPU (W8A8 on x86): the default.
 PROFILED = next((k for k, v in FORMS.items() if v.profile), "bf16")
 
