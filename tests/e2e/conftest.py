@@ -56,6 +56,17 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+def health_doc(r: httpx.Response) -> dict[str, Any]:
+    """``/health``'s document (200, or 503 while not serving); any other answer fails the
+    test with what it said, not a KeyError far from the cause."""
+    body: Any = r.json() if r.headers.get("content-type", "").startswith("application/json") \
+        else None
+    if r.status_code not in (200, 503) or not isinstance(body, dict) or "workers" not in body:
+        raise AssertionError(f"/health answered {r.status_code}: {r.text[:500]!r}")
+    doc: dict[str, Any] = body
+    return doc
+
+
 @dataclass
 class Stack:
     url: str
@@ -69,8 +80,7 @@ class Stack:
         return f"{self.url}/v1"
 
     def health(self) -> dict[str, Any]:
-        body: dict[str, Any] = httpx.get(f"{self.url}/health", timeout=10).json()
-        return body
+        return health_doc(httpx.get(f"{self.url}/health", timeout=10))
 
     def worker(self, model: str) -> dict[str, Any]:
         w: dict[str, Any] = self.health()["workers"][model]

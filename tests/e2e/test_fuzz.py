@@ -64,6 +64,12 @@ class Fuzz:
     statuses: Counter[str] = field(default_factory=Counter)
 
 
+def idle(w: dict[str, Any]) -> bool:
+    e = w["engine"] or {}
+    return (w["active_requests"], w["queued"], e.get("running", 0), e.get("waiting", 0)) == (
+        0, 0, 0, 0)
+
+
 def server_rss_mb(stack: Stack) -> float:
     return float(psutil.Process(stack.proc.pid).memory_info().rss / 2**20)
 
@@ -344,6 +350,14 @@ def test_nothing_crashed_and_memory_stayed_flat(fuzz: Fuzz) -> None:
     assert fuzz.stack.proc.poll() is None, "the server exited"
     wait_for(lambda: identities(fuzz.stack) == fuzz.pids, 30,
              "the server and every worker to be the same processes, never restarted")
+    # Every request ended, however odd: none still holds a slot, waits in a queue or runs
+    # in an engine (a leaked slot would block its model for every later client).
+    def held() -> dict[str, Any]:
+        return {n: w for n, w in fuzz.stack.health()["workers"].items() if not idle(w)}
+    try:
+        wait_for(lambda: not held(), 30, "every worker to hold nothing")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; still held: {held()}") from None
     growth = server_rss_mb(fuzz.stack) - fuzz.rss_mb
     total = sum(fuzz.statuses.values())
     by_status: Counter[str] = Counter()

@@ -32,7 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.config import LoadedConfig, load
-from tests.e2e.conftest import REPO, Stack, free_port, stack_config, wait_for
+from tests.e2e.conftest import REPO, Stack, free_port, health_doc, stack_config, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -69,8 +69,10 @@ def short_body(model: str) -> dict[str, Any]:
             "messages": [{"role": "user", "content": "Say hello."}]}
 
 
-async def until(check: Callable[[], Awaitable[Any]], bound_s: float, what: str) -> Any:
-    """``wait_for`` for coroutines: poll ``check`` to a deadline."""
+async def until(check: Callable[[], Awaitable[Any]], bound_s: float, what: str,
+                show: Callable[[], Any] | None = None) -> Any:
+    """``wait_for`` for coroutines: poll ``check`` to a deadline. On a timeout the message
+    holds ``show()`` if given (what was seen), else the last result."""
     deadline = time.monotonic() + bound_s
     last: Any = None
     while time.monotonic() < deadline:
@@ -78,12 +80,12 @@ async def until(check: Callable[[], Awaitable[Any]], bound_s: float, what: str) 
         if last:
             return last
         await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {bound_s:.0f}s waiting for {what} (last: {last!r})")
+    seen = show() if show is not None else last
+    raise AssertionError(f"timed out after {bound_s:.0f}s waiting for {what} (last: {seen!r})")
 
 
 async def worker_of(client: httpx.AsyncClient, url: str, model: str) -> dict[str, Any]:
-    r = await client.get(f"{url}/health")
-    w: dict[str, Any] = r.json()["workers"][model]
+    w: dict[str, Any] = health_doc(await client.get(f"{url}/health"))["workers"][model]
     return w
 
 
@@ -305,15 +307,16 @@ def test_disconnect_storm_leaves_nothing_behind(stack: Stack) -> None:
             hangup = asyncio.Event()
             queued = [asyncio.create_task(client(None, hangup)) for _ in range(12)]
 
-            async def twelve_queued() -> bool:
-                return bool((await worker_of(probe, stack.url, CHAT))["queued"] == 12)
-            await until(twelve_queued, 60, "12 queued requests")
+            seen_w: dict[str, Any] = {}  # the last look, for a timeout's message
+
+            async def queued_is(n: int) -> dict[str, Any] | None:
+                seen_w.update(await worker_of(probe, stack.url, CHAT))
+                return seen_w if seen_w["queued"] == n else None
+            await until(lambda: queued_is(12), 60, "12 queued requests", show=lambda: seen_w)
             hangup.set()
             await asyncio.wait_for(asyncio.gather(*queued), 30)
-
-            async def queue_empty() -> bool:
-                return bool((await worker_of(probe, stack.url, CHAT))["queued"] == 0)
-            await until(queue_empty, 30, "the queue to empty after the hang-ups")
+            await until(lambda: queued_is(0), 30, "the queue to empty after the hang-ups",
+                        show=lambda: seen_w)
             queue_phase_done.set()
             # 10 more: 5 hang up at the response head, 5 after 2..6 events.
             late = [asyncio.create_task(client(0 if i < 5 else 2 + i - 5, None))
@@ -521,8 +524,11 @@ def test_slow_loris_headers_get_408(gateway: Gateway, style: str) -> None:
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 200
 
     async def loris() -> tuple[int, bytes, float]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway.url))
+        # The deadline runs from the server's accept, which a busy client loop can see well
+        # after it happened (CI once measured 1.83 s of a 2 s deadline from here): the clock
+        # starts before the connect, so it never starts after the server's.
         t0 = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway.url))
         writer.write(head[:40])
         await writer.drain()
         answer = asyncio.create_task(read_response(reader, HEADER_TIMEOUT_S + 30))
