@@ -10,6 +10,7 @@ engine runs the int8 weights.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import openai
@@ -18,7 +19,7 @@ import pytest
 from shared import config as cfgmod
 from shared.platform import cpu_flags, cpu_profile_scheme
 from tests.e2e.conftest import Stack, running_stack
-from workers.provision.models import provisioned_kind
+from workers.provision.models import MARKER, RECIPES, provisioned_kind
 
 pytestmark = pytest.mark.e2e
 
@@ -49,3 +50,8 @@ def test_the_quantized_model_knows_the_capital_of_france(quantized: Stack) -> No
     assert provisioned_kind(cpu.model_path(cpu.model(CHAT))) == f"qwen2.5-coder-0.5b-{SCHEME}"
     log = quantized.log(CHAT)
     assert "instruct-cpu" in log and "quantization=compressed-tensors" in log, log[-3000:]
+    if SCHEME == "w8a8":  # the LM head too, by the current recipe
+        path = cpu.model_path(cpu.model(CHAT))
+        config = json.loads((path / "config.json").read_text())
+        assert "lm_head" in config["quantization_config"]["config_groups"]["group_0"]["targets"]
+        assert json.loads((path / MARKER).read_text())["recipe"] == RECIPES["w8a8"]

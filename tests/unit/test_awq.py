@@ -147,3 +147,56 @@ def test_write_w8a8_is_compressed_tensors_int8(tmp_path: Path) -> None:
         assert fh.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype == torch.int8
         assert fh.get_tensor("model.layers.0.self_attn.q_proj.weight_scale").shape == (OUT, 1)
     assert report.layers == 1 and report.rel_rmse < 0.01
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_write_w8a8_quantizes_the_lm_head(tmp_path: Path, tied: bool) -> None:
+    """The head in int8 whether it had its own tensor or shared the embeddings'; the lookup
+    table stays bf16, and a tied model is untied (two tensors from then on)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src, out = tmp_path / "bf16", tmp_path / "w8a8"
+    src.mkdir()
+    out.mkdir()
+    vocab = q4k_like(OUT, IN, seed=6)
+    tensors = {"model.layers.0.mlp.up_proj.weight": q4k_like(OUT, IN, seed=7),
+               "model.embed_tokens.weight": vocab}
+    if not tied:
+        tensors["lm_head.weight"] = q4k_like(OUT, IN, seed=8)
+    save_file(tensors, str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps({"model_type": "qwen2",
+                                                 "tie_word_embeddings": tied}))
+    steps: list[str] = []
+    report = awq.write_w8a8(src, out, steps.append)
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False
+    assert config["quantization_config"]["ignore"] == []
+    assert "lm_head" in config["quantization_config"]["config_groups"]["group_0"]["targets"]
+    head = vocab if tied else tensors["lm_head.weight"]
+    with safe_open(str(out / "model.safetensors"), framework="pt") as fh:
+        assert set(fh.keys()) == {"model.embed_tokens.weight", "lm_head.weight",
+                                  "lm_head.weight_scale", "model.layers.0.mlp.up_proj.weight",
+                                  "model.layers.0.mlp.up_proj.weight_scale"}
+        assert torch.equal(fh.get_tensor("model.embed_tokens.weight"), vocab)
+        q, scale = fh.get_tensor("lm_head.weight"), fh.get_tensor("lm_head.weight_scale")
+    assert q.dtype == torch.int8 and scale.shape == (OUT, 1)
+    assert bool(((q.float() * scale - head.float()).abs() <= scale / 2 * 1.0001).all())
+    assert report.layers == 2 and report.rel_rmse < 0.01
+    assert any("LM head" in s for s in steps) == tied
+
+
+def test_vllm_reads_our_w8a8_head_as_int8_and_the_embeddings_as_bf16() -> None:
+    """vLLM's own config reader on W8A8_CONFIG: the LM head gets the int8 scheme (served by
+    oneDNN like every other layer), the embedding lookup none."""
+    from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tensors import (
+        CompressedTensorsConfig,
+    )
+    from vllm.model_executor.layers.quantization.compressed_tensors.schemes import (
+        CompressedTensorsW8A8Int8,
+    )
+
+    config = CompressedTensorsConfig.from_config(awq.W8A8_CONFIG)
+    assert isinstance(config.get_scheme(torch.nn.Module(), "lm_head"), CompressedTensorsW8A8Int8)
+    assert config.get_scheme_dict(torch.nn.Module(), "model.embed_tokens") is None

@@ -61,6 +61,28 @@ def test_builds_beside_dest_and_renames_into_place(tmp_path: Path) -> None:
     assert oct((dest / "sub" / "weights.bin").stat().st_mode & 0o777) == oct(0o644)
 
 
+def test_an_older_recipe_of_the_same_kind_is_built_again(tmp_path: Path) -> None:
+    """A build from before the recipe field counts as recipe 1; a newer recipe of the same
+    kind replaces it, once; another kind's directory at that path is never touched."""
+    dest = tmp_path / "m"
+    fake = Recorder(dest)
+    prov.ensure_provisioned(dest, "fake", fake, lambda _: None)
+    marker = json.loads((dest / prov.MARKER).read_text())
+    assert marker["recipe"] == 1
+    del marker["recipe"]  # as stamped before recipes existed
+    (dest / prov.MARKER).write_text(json.dumps(marker))
+    steps: list[str] = []
+
+    prov.ensure_provisioned(dest, "fake", fake, steps.append, recipe=2)
+    prov.ensure_provisioned(dest, "fake", fake, steps.append, recipe=2)
+    prov.ensure_provisioned(dest, "other", fake, steps.append, recipe=3)
+
+    assert len(fake.calls) == 2
+    assert json.loads((dest / prov.MARKER).read_text())["recipe"] == 2
+    assert any("built by recipe 1 of fake, now 2: building it again" in s for s in steps)
+    assert siblings(dest) == {"m", ".m.lock"}
+
+
 def test_second_call_returns_without_producing(tmp_path: Path) -> None:
     dest = tmp_path / "m"
     fake = Recorder(dest)

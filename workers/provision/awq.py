@@ -14,7 +14,8 @@ de-quantized from our Q4_K_M GGUF (so no calibration data, which this box does n
   is kept. The plain min-max candidate is among them, so no group is worse than min-max
   rounding: its error is at most half a step per weight.
 * Only the linear layers of the decoder are quantized. Embeddings (tied to the LM head in
-  Qwen2.5), norms and biases stay bf16, as AutoAWQ leaves them.
+  Qwen2.5), norms and biases stay bf16, as AutoAWQ leaves them. (The W8A8 form below also
+  quantizes the LM head.)
 
 Written in AutoAWQ's "gemm" layout: ``qweight`` int32 ``[in, out/8]`` and ``qzeros`` int32
 ``[in/g, out/8]`` packed along the output dimension in the order 0,2,4,6,1,3,5,7; ``scales``
@@ -48,6 +49,8 @@ SHRINKS = tuple(1.0 - 0.02 * i for i in range(11))
 # load, losing three bits: store what it will use.
 SCALE_DTYPE = torch.bfloat16
 LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LM_HEAD = "lm_head.weight"
+EMBEDDINGS = "model.embed_tokens.weight"
 
 Progress = Callable[[str], None]
 
@@ -155,58 +158,74 @@ def int8_converter(w: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tens
 
 # compressed-tensors' W8A8 int8: per-channel static weights, per-token dynamic activations.
 # vLLM serves it on CPU through oneDNN (CPUInt8ScaledMMLinearKernel), in every x86 build.
+# The LM head is a target too (vLLM treats a ParallelLMHead as a linear layer here): in
+# Qwen2.5-0.5B it is 136M of the 494M weights, so in bf16 it moved 43 % of a decode step's
+# bytes, and one step took 36 against 40 ms with it in int8 (docs/benchmarks/README.md).
 W8A8_CONFIG: dict[str, Any] = {
     "quant_method": "compressed-tensors", "format": "int-quantized",
     "config_groups": {"group_0": {
-        "targets": ["Linear"],
+        "targets": ["Linear", "lm_head"],
         "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel",
                     "dynamic": False},
         "input_activations": {"num_bits": 8, "type": "int", "symmetric": True,
                               "strategy": "token", "dynamic": True}}},
-    "ignore": ["lm_head"],
+    "ignore": [],
 }
 
 
 def write_quantized(src: Path, out: Path, progress: Progress, convert: Converter,
-                    quantization_config: dict[str, Any]) -> Report:
-    """A quantized copy of the bf16 Hugging Face directory ``src`` in ``out``."""
+                    quantization_config: dict[str, Any], lm_head: bool = False) -> Report:
+    """A quantized copy of the bf16 Hugging Face directory ``src`` in ``out``; ``lm_head``
+    quantizes the LM head too, untying it from the embeddings if they share one tensor
+    (the lookup keeps the bf16 rows, the logits use the int8 copy)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     files = sorted(src.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no safetensors in {src}")
+    config = json.loads((src / "config.json").read_text())
     tensors: dict[str, torch.Tensor] = {}
     layers = 0
     err_sq = ref_sq = 0.0
     before = after = 0
+    head_seen = False
+
+    def store(name: str, t: torch.Tensor) -> None:
+        nonlocal err_sq, ref_sq, after, layers
+        stored, approx = convert(t)
+        err_sq += float((approx - t.float()).square().sum())
+        ref_sq += float(t.float().square().sum())
+        prefix = name.removesuffix(".weight")
+        for key, value in stored.items():
+            tensors[f"{prefix}.{key}"] = value.contiguous()
+            after += value.numel() * value.element_size()
+        layers += 1
+
     for path in files:
         with safe_open(str(path), framework="pt") as fh:
             names = list(fh.keys())
             for i, name in enumerate(names):
                 t = fh.get_tensor(name)
                 before += t.numel() * t.element_size()
-                if not is_quantized_linear(name):
+                head_seen = head_seen or name == LM_HEAD
+                if not (is_quantized_linear(name) or (lm_head and name == LM_HEAD)):
                     tensors[name] = t
                     after += t.numel() * t.element_size()
                     continue
-                stored, approx = convert(t)
-                err_sq += float((approx - t.float()).square().sum())
-                ref_sq += float(t.float().square().sum())
-                prefix = name.removesuffix(".weight")
-                for key, value in stored.items():
-                    tensors[f"{prefix}.{key}"] = value.contiguous()
-                    after += value.numel() * value.element_size()
-                layers += 1
+                store(name, t)
                 if layers % 24 == 0:
                     progress(f"quantized {layers} linear layers ({i + 1}/{len(names)} tensors)")
+    if lm_head and not head_seen and EMBEDDINGS in tensors:
+        progress("quantizing the LM head (untied from the embeddings)")
+        store(LM_HEAD, tensors[EMBEDDINGS])
+        config["tie_word_embeddings"] = False
     progress(f"writing {len(tensors)} tensors")
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     for extra in src.iterdir():
         if extra.suffix != ".safetensors" and extra.name != "model.safetensors.index.json" \
                 and extra.is_file() and not extra.name.startswith("."):
             shutil.copy2(extra, out / extra.name)
-    config = json.loads((out / "config.json").read_text())
     config["quantization_config"] = quantization_config
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     report = Report(layers, (err_sq / ref_sq) ** 0.5 if ref_sq else 0.0, before, after)
@@ -224,4 +243,4 @@ def write_awq(src: Path, out: Path, progress: Progress,
 
 def write_w8a8(src: Path, out: Path, progress: Progress) -> Report:
     """A compressed-tensors W8A8 int8 directory in ``out`` from the bf16 directory ``src``."""
-    return write_quantized(src, out, progress, int8_converter, W8A8_CONFIG)
+    return write_quantized(src, out, progress, int8_converter, W8A8_CONFIG, lm_head=True)
