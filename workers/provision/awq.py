@@ -160,7 +160,7 @@ def int8_converter(w: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tens
 # vLLM serves it on CPU through oneDNN (CPUInt8ScaledMMLinearKernel), in every x86 build.
 # The LM head is a target too (vLLM treats a ParallelLMHead as a linear layer here): in
 # Qwen2.5-0.5B it is 136M of the 494M weights, so in bf16 it moved 43 % of a decode step's
-# bytes, and one step took 36 against 40 ms with it in int8 (docs/benchmarks/README.md).
+# bytes, and one step took 36 against 40 ms with it in int8 (README.md, "Benchmarks").
 W8A8_CONFIG: dict[str, Any] = {
     "quant_method": "compressed-tensors", "format": "int-quantized",
     "config_groups": {"group_0": {
