@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from workers.provision import gguf_parts
 
@@ -111,15 +112,23 @@ def is_provisioned(dest: Path) -> bool:
     return (dest / MARKER).is_file()
 
 
-def _outdated(dest: Path, kind: str, recipe: int) -> int | None:
-    """The recipe ``dest`` was built by, if it is this kind's and older than ``recipe``."""
-    if provisioned_kind(dest) != kind:
-        return None
+def _stamp(dest: Path) -> dict[str, Any]:
+    """``dest``'s marker, or {} if it has none (or an unreadable one)."""
     try:
-        built = json.loads((dest / MARKER).read_text()).get("recipe", 1)
-    except (OSError, ValueError, AttributeError):
+        stamp = json.loads((dest / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
+
+
+def _outdated(dest: Path, kind: str, recipe: int) -> int | None:
+    """The recipe ``dest`` was built by, if it is this kind's and older than ``recipe``
+    (a marker from before recipes counts as 1)."""
+    stamp = _stamp(dest)
+    built = stamp.get("recipe", 1)
+    if stamp.get("kind") != kind or not isinstance(built, int):
         return None
-    return built if isinstance(built, int) and built < recipe else None
+    return built if built < recipe else None
 
 
 def ensure_provisioned(dest: Path, kind: str, producer: Producer, progress: Progress,
@@ -276,10 +285,7 @@ def cpu_kind(spec: gguf_parts.PartedGguf) -> str:
 def provisioned_kind(dest: Path, field: str = "kind") -> str | None:
     """The kind ``dest``'s marker names (``field="for"``: the ``-cpu`` kind it was built
     for), or None if it has none (or an unreadable one)."""
-    try:
-        kind = json.loads((dest / MARKER).read_text()).get(field)
-    except (OSError, ValueError, AttributeError):
-        return None
+    kind = _stamp(dest).get(field)
     return kind if isinstance(kind, str) else None
 
 
